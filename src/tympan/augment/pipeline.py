@@ -1,0 +1,101 @@
+"""Two-view augmentation pipeline with multi-hot op labels (MT-SLVR pipeline sampling).
+
+``../shared/seeds/000_e1eab6133071efa6.txt``, "Audio Augmentations & Application": for each clip
+choose how many ops to use (1 to 7), randomise their order, and draw two independent parameter
+sets for that same ordered pipeline, one per view. The multi-hot vector of the ops applied is the
+target of the predictive (augmentation-prediction) objective.
+
+Batched application: for each pipeline position ``p`` and each op ``j`` the clips whose ``p``-th
+op is ``j`` are gathered, transformed together and scattered back. That is at most
+``max_ops * len(ops)`` batched calls per view, independent of the batch size: no per-clip loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tympan.augment.ops import AugmentOp, build_op
+from tympan.config import AugmentConfig
+from tympan.errors import ConfigError
+
+
+@dataclass
+class Views:
+    """Two augmented views of a batch and the ops each clip went through.
+
+    ``view1, view2 [B, T]``; ``labels [B, n_ops]`` multi-hot in ``op_names`` order;
+    ``order [B, max_ops]`` op indices in application order, ``-1`` past each clip's count.
+    """
+
+    view1: torch.Tensor
+    view2: torch.Tensor
+    labels: torch.Tensor
+    order: torch.Tensor
+    op_names: tuple[str, ...]
+
+
+class ViewPipeline:
+    """Samples and applies MT-SLVR-style two-view pipelines. Deterministic given the generator."""
+
+    def __init__(self, cfg: AugmentConfig) -> None:
+        if not cfg.ops:
+            raise ConfigError("recipe field 'augment.ops' is empty: name at least one op")
+        if len(set(cfg.ops)) != len(cfg.ops):
+            raise ConfigError("recipe field 'augment.ops' lists an op twice")
+        unknown = sorted(set(cfg.params) - set(cfg.ops))
+        if unknown:
+            raise ConfigError(
+                f"recipe field 'augment.params.{unknown[0]}' configures an op that is not in "
+                f"'augment.ops'"
+            )
+        self.cfg = cfg
+        self.ops: list[AugmentOp] = [build_op(name, cfg.params.get(name)) for name in cfg.ops]
+        self.op_names = tuple(cfg.ops)
+        self.min_ops = cfg.min_ops
+        self.max_ops = len(cfg.ops) if cfg.max_ops is None else cfg.max_ops
+
+    def sample_order(self, n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
+        """Per clip: a count in [min_ops, max_ops] and a random order of that many distinct ops.
+
+        Returns ``order [n, max_ops]`` with op indices, ``-1`` for unused positions.
+        """
+        n_ops = len(self.ops)
+        count = torch.randint(self.min_ops, self.max_ops + 1, (n,), generator=g, device=device)
+        # argsort of i.i.d. uniforms is a uniformly random permutation per row
+        perm = torch.rand(n, n_ops, generator=g, device=device).argsort(dim=1)[:, : self.max_ops]
+        used = torch.arange(self.max_ops, device=device).unsqueeze(0) < count.unsqueeze(1)
+        return torch.where(used, perm, torch.full_like(perm, -1))
+
+    def labels(self, order: torch.Tensor) -> torch.Tensor:
+        """Multi-hot ``[n, n_ops]`` float labels of the ops present in ``order``."""
+        onehot = torch.zeros(order.shape[0], len(self.ops) + 1, device=order.device)
+        onehot.scatter_(1, order + 1, 1.0)  # column 0 collects the -1 padding
+        return onehot[:, 1:]
+
+    def apply(self, x: torch.Tensor, order: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Run each clip through its ordered ops with freshly drawn parameters."""
+        out = x
+        for p in range(order.shape[1]):
+            for j, op in enumerate(self.ops):
+                idx = torch.nonzero(order[:, p] == j, as_tuple=True)[0]
+                if idx.numel() == 0:
+                    continue
+                sub = out.index_select(0, idx)
+                params = op.sample(idx.numel(), x.shape[1], g, x.device)
+                out = out.index_copy(0, idx, op.apply(sub, params))
+        return out
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> Views:
+        """Two views of ``x [B, T]``: same ops in the same order, independent parameters."""
+        if x.dim() != 2:
+            raise ValueError(f"ViewPipeline expects waveforms [B, T], got {tuple(x.shape)}")
+        order = self.sample_order(x.shape[0], g, x.device)
+        return Views(
+            view1=self.apply(x, order, g),
+            view2=self.apply(x, order, g),
+            labels=self.labels(order),
+            order=order,
+            op_names=self.op_names,
+        )

@@ -1,0 +1,202 @@
+"""The ``tympan`` command: a thin layer over :mod:`tympan.api`.
+
+User errors (:class:`~tympan.errors.TympanError`) are printed as one line without a traceback and
+exit with status 2. Every command that produces results prints a human table and can write JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tympan.errors import ConfigError, TympanError
+
+
+def _parse_set(values: list[str]) -> dict[str, Any]:
+    """``--set train.lr=0.01`` pairs -> overrides (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in values:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. --set train.lr=0.001")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _write_json(path: str | None, payload: Any) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2))
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from tympan.data.corpora import synth_corpus
+
+    manifest = synth_corpus(args.out, seed=args.seed, scale=args.scale, progress=not args.quiet)
+    print(f"wrote {manifest}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from tympan.config import load_recipe, packaged_recipes
+
+    if args.name:
+        print(yaml.safe_dump(load_recipe(args.name).to_dict(), sort_keys=False), end="")
+        return 0
+    for name in packaged_recipes():
+        print(name)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from tympan.training.pretrain import pretrain
+
+    result = pretrain(
+        args.recipe, args.data, args.out, max_steps=args.max_steps, resume=args.resume,
+        seed=args.seed, skip_bad=args.skip_bad, split=args.split,
+        devices=int(args.devices) if args.devices and args.devices.isdigit() else args.devices,
+        accelerator=args.accelerator, strategy=args.strategy, num_nodes=args.num_nodes,
+        progress=not args.quiet, overrides=_parse_set(args.set),
+    )
+    summary = result.to_json()
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unusable file(s):", file=sys.stderr)
+        for s in result.skipped:
+            print(f"  {s['path']}: {s['reason']}", file=sys.stderr)
+    print(
+        f"pretrained {result.steps} steps on {result.clips} clips in {result.wall_seconds:.0f} s "
+        f"-> {result.run}"
+    )
+    _write_json(args.json, summary)
+    return 0
+
+
+def cmd_fewshot(args: argparse.Namespace) -> int:
+    from tympan.api import fewshot, format_table
+
+    res = fewshot(
+        args.model, args.data, split=args.split, ways=args.ways, shots=args.shots,
+        queries=args.queries, episodes=args.episodes, seed=args.seed, task=args.task,
+        recipe=args.recipe, skip_bad=args.skip_bad, device=args.device, progress=not args.quiet,
+    )
+    if res.skipped:
+        print(f"skipped {len(res.skipped)} unusable file(s):", file=sys.stderr)
+        for s in res.skipped:
+            print(f"  {s['path']}: {s['reason']}", file=sys.stderr)
+    print(format_table([res.to_json()]))
+    _write_json(args.json, res.to_json())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tympan.api import demo
+
+    summary = demo(args.out, seed=args.seed, max_steps=args.max_steps, episodes=args.episodes,
+                   progress=not args.quiet)
+    print()
+    print(summary["table"])
+    print()
+    print(summary["verdict"])
+    print(f"written to {Path(args.out) / 'results.md'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tympan", description="Self-supervised audio representation learning."
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("corpus", help="generate the embedded synthetic corpus")
+    csub = c.add_subparsers(dest="corpus_command", required=True)
+    cs = csub.add_parser("synth", help="procedural sound-event corpus (WAV + manifest.csv)")
+    cs.add_argument("out", help="output folder")
+    cs.add_argument("--seed", type=int, default=0)
+    cs.add_argument("--scale", default="full", choices=["full", "tiny"],
+                    help="'tiny' is for tests (default: full)")
+    cs.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    cs.set_defaults(func=cmd_corpus)
+
+    r = sub.add_parser("recipes", help="list packaged recipes, or print one resolved")
+    r.add_argument("name", nargs="?")
+    r.set_defaults(func=cmd_recipes)
+
+    t = sub.add_parser("pretrain", help="self-supervised pretraining")
+    t.add_argument("--recipe", default="simclr", help="packaged recipe name or YAML path")
+    t.add_argument("--data", required=True, help="manifest CSV or class-folder")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--split", help="manifest split to pretrain on (default: 'pretrain' if present, else all)")
+    t.add_argument("--skip-bad", action="store_true", help="skip unreadable audio and report it")
+    t.add_argument("--devices", help="number of devices (default: recipe, 'auto')")
+    t.add_argument("--accelerator", help="cpu, gpu or auto (default: recipe)")
+    t.add_argument("--strategy", help="Lightning strategy, e.g. ddp (default: recipe)")
+    t.add_argument("--num-nodes", type=int)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set train.lr=3e-4 (repeatable)")
+    t.add_argument("--json", help="also write the summary JSON here")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_pretrain)
+
+    f = sub.add_parser("fewshot", help="few-shot classification with a linear readout")
+    f.add_argument("--model", required=True, help="run directory, 'random' or 'logmel'")
+    f.add_argument("--data", required=True, help="manifest CSV or class-folder")
+    f.add_argument("--split", default="test")
+    f.add_argument("--ways", type=int, default=5)
+    f.add_argument("--shots", type=int, default=1)
+    f.add_argument("--queries", type=int, default=15)
+    f.add_argument("--episodes", type=int, default=600)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--task", help="use one task's features (default: all tasks concatenated)")
+    f.add_argument("--recipe", help="architecture for 'random'/'logmel' (default: simclr)")
+    f.add_argument("--skip-bad", action="store_true", help="skip unreadable audio and report it")
+    f.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    f.add_argument("--json", help="write the result JSON here")
+    f.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    f.set_defaults(func=cmd_fewshot)
+
+    d = sub.add_parser("demo", help="corpus -> SimCLR -> few-shot table (what `make demo` runs)")
+    d.add_argument("--out", default="demo")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--max-steps", type=int, help="override the demo recipe's steps")
+    d.add_argument("--episodes", type=int, default=600)
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        # Lightning's start-up chatter (accelerator listing, tips) hides what matters
+        for name in ("pytorch_lightning", "lightning_fabric", "lightning"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    try:
+        return args.func(args)
+    except TympanError as exc:
+        print(f"tympan: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tympan: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

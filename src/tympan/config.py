@@ -1,0 +1,324 @@
+"""Recipes: the fully described composition of a run.
+
+A recipe is a YAML file with the sections below. Every field has a default taken from the seed
+that defines it (``../shared/seeds/000_e1eab6133071efa6.txt``, MT-SLVR, unless a field says
+otherwise); a recipe names only what it changes. Unknown fields are an error that names the field,
+so a typo never silently falls back to a default. The resolved recipe (defaults filled in) is
+written to ``RUN/config.yaml`` so a run directory describes itself.
+
+Packaged recipes live in ``tympan/recipes/*.yaml`` and are addressed by name (``--recipe simclr``);
+any other value is read as a path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tympan.errors import ConfigError
+
+
+@dataclass
+class AudioConfig:
+    """Decoding and cropping. Clips are mono float32 at ``sample_rate``."""
+
+    sample_rate: int = 16000
+    #: length of the random crop each pretraining example is cut to (shorter clips are tiled)
+    clip_seconds: float = 2.0
+
+
+@dataclass
+class FrontendConfig:
+    """Log-mel front end (issue 2: 16 kHz, 128 mels, n_fft 1024, hop 512)."""
+
+    n_mels: int = 128
+    n_fft: int = 1024
+    hop_length: int = 512
+    f_min: float = 0.0
+    f_max: float | None = None
+    #: 1: log-mel only; 3: log-mel, delta and delta-delta (the 3-channel input of MT-SLVR/CLAR)
+    channels: int = 1
+    #: z-normalise each clip's log-mel (MT-SLVR, "Processing & Input")
+    normalize: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """Backbone. ``width`` is the channel count of the first stage (64 in ResNet-18)."""
+
+    arch: str = "resnet18"
+    width: int = 64
+    #: adapter kind in every adapter slot: "none" (all shared); MT-SLVR adds "bn", "series",
+    #: "parallel"
+    adapter: str = "none"
+
+
+@dataclass
+class AugmentConfig:
+    """CLAR augmentation pipeline (MT-SLVR, "Audio Augmentations & Application").
+
+    Per clip, choose between ``min_ops`` and ``max_ops`` of ``ops``, in random order; both views
+    get the same ops in the same order with independently drawn parameters.
+    """
+
+    ops: list[str] = field(
+        default_factory=lambda: ["fade", "white_noise", "time_mask", "time_shift"]
+    )
+    min_ops: int = 1
+    #: ``None`` means ``len(ops)``
+    max_ops: int | None = None
+    #: per-op parameter ranges; missing ops or keys take the op's seed defaults
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class TaskConfig:
+    """One (task name, objective, weight) entry of a method.
+
+    ``name`` keys the encoder's adapters; ``objective`` is a name in
+    :mod:`tympan.methods.registry`; ``head`` and ``params`` go to that objective's builder.
+    """
+
+    name: str = "contrastive"
+    objective: str = "nt_xent"
+    weight: float = 1.0
+    head: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the Lightning trainer."""
+
+    batch_size: int = 64
+    max_steps: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    #: linear warm-up steps, then cosine decay to 0 at ``max_steps`` (stepped per batch)
+    warmup_steps: int = 50
+    num_workers: int = 2
+    #: "auto": bf16-mixed on CUDA, 32-true on CPU (bf16 on CPU is ~100x slower)
+    precision: str = "auto"
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    checkpoint_every_n_steps: int = 100
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class FewShotConfig:
+    """Few-shot evaluation (MetaAudio protocol as used by MT-SLVR, "Few-Shot Audio Classification")."""
+
+    #: variable-length clips are cut into segments of this length whose embeddings are averaged
+    segment_seconds: float = 1.0
+    #: inverse L2 strength of the logistic-regression readout (as scikit-learn's ``C``)
+    C: float = 1.0
+    readout_max_iter: int = 50
+    batch_size: int = 64
+
+
+@dataclass
+class Recipe:
+    """A complete run description."""
+
+    name: str = "simclr"
+    method: str = "simclr"
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    tasks: list[TaskConfig] = field(default_factory=lambda: [TaskConfig()])
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys with their dotted path."""
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe field '{where}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown recipe field '{where}.{unknown[0]}'" if where else
+            f"unknown recipe field '{unknown[0]}'"
+        ) from None
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"recipe field '{path}' must be a list")
+        return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"recipe field '{path}' has a bad value")
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"recipe field '{path}' must be {hint.__name__}, got {value!r}"
+            )
+        return value
+    if hint is float:
+        raise ConfigError(f"recipe field '{path}' must be a number, got {value!r}")
+    return value  # dict[str, Any] and Any: taken as given, checked by their consumer
+
+
+def merge_options(defaults: dict[str, Any], given: dict[str, Any], where: str) -> dict[str, Any]:
+    """Overlay free-form options (a head's or objective's) on their defaults.
+
+    Unknown keys raise a ConfigError naming ``where.<key>``, so a typo never falls back silently.
+    """
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"unknown recipe field '{where}.{unknown[0]}' (known: {', '.join(sorted(defaults))})"
+        )
+    return {**defaults, **given}
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def packaged_recipes() -> list[str]:
+    """Names of the recipes shipped with tympan."""
+    folder = resources.files("tympan") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
+    text: str
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.is_file():
+            raise ConfigError(f"recipe file {candidate} does not exist")
+        text, label = candidate.read_text(), str(candidate)
+    else:
+        res = resources.files("tympan") / "recipes" / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise ConfigError(
+                f"unknown recipe '{name_or_path}': give a YAML path or one of "
+                f"{', '.join(packaged_recipes())}"
+            )
+        text, label = res.read_text(), f"{name_or_path} (packaged)"
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {label} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {label} must be a YAML mapping at the top level")
+    return data, label
+
+
+def load_recipe(
+    name_or_path: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None
+) -> Recipe:
+    """Load a recipe by packaged name, path or dict, apply ``overrides`` and validate.
+
+    A recipe may start with ``base: NAME`` to extend another recipe. ``overrides`` use the same
+    nesting (``{"train": {"max_steps": 10}}``) or dotted keys (``{"train.max_steps": 10}``).
+    """
+    if isinstance(name_or_path, dict):
+        data = dict(name_or_path)
+    else:
+        data, _ = _read_yaml(name_or_path)
+    seen: set[str] = set()
+    while "base" in data:
+        base_name = data.pop("base")
+        if base_name in seen:
+            raise ConfigError(f"recipe 'base' chain loops at {base_name}")
+        seen.add(base_name)
+        base, _ = _read_yaml(base_name)
+        data = _deep_merge(base, data)
+    if overrides:
+        nested: dict[str, Any] = {}
+        for key, value in overrides.items():
+            node = nested
+            *parents, last = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[last] = value
+        data = _deep_merge(data, nested)
+    recipe = _build(Recipe, data, "")
+    validate(recipe)
+    return recipe
+
+
+def validate(recipe: Recipe) -> None:
+    """Range checks that the type system cannot express."""
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    need(recipe.audio.sample_rate > 0, "recipe field 'audio.sample_rate' must be > 0")
+    need(recipe.audio.clip_seconds > 0, "recipe field 'audio.clip_seconds' must be > 0")
+    f = recipe.frontend
+    need(f.channels in (1, 3), "recipe field 'frontend.channels' must be 1 or 3")
+    need(f.hop_length > 0 and f.n_fft > 0 and f.n_mels > 0,
+         "recipe fields 'frontend.n_fft', 'hop_length', 'n_mels' must be > 0")
+    need(recipe.model.width >= 4, "recipe field 'model.width' must be >= 4")
+    need(len(recipe.tasks) >= 1, "recipe field 'tasks' must name at least one task")
+    names = recipe.task_names
+    need(len(set(names)) == len(names), "recipe field 'tasks': task names must be unique")
+    a = recipe.augment
+    need(a.min_ops >= 0, "recipe field 'augment.min_ops' must be >= 0")
+    if a.max_ops is not None:
+        need(a.min_ops <= a.max_ops <= len(a.ops),
+             "recipe field 'augment.max_ops' must lie in [min_ops, len(ops)]")
+    t = recipe.train
+    need(t.batch_size >= 2, "recipe field 'train.batch_size' must be >= 2")
+    need(t.max_steps >= 1, "recipe field 'train.max_steps' must be >= 1")
+    need(t.lr > 0, "recipe field 'train.lr' must be > 0")
+    need(recipe.fewshot.segment_seconds > 0, "recipe field 'fewshot.segment_seconds' must be > 0")
+
+
+def save_recipe(recipe: Recipe, path: Path) -> None:
+    """Write the resolved recipe as YAML."""
+    path.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Data: manifests, file checks, datasets and samplers."""

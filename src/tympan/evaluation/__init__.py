@@ -1,0 +1,1 @@
+"""Evaluation of frozen representations: few-shot episodes, probes, metrics with CIs."""

@@ -1,0 +1,1 @@
+"""Pretraining methods as compositions of encoder, views, heads and objectives."""

@@ -1,0 +1,27 @@
+"""Objective names used in recipes (``tasks[].objective``) -> task builders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tympan.config import TaskConfig
+from tympan.errors import ConfigError
+from tympan.methods.base import PretextTask
+from tympan.methods.simclr import SimCLRTask
+
+TaskBuilder = Callable[[str, int, dict[str, Any], dict[str, Any]], PretextTask]
+
+#: objective name -> builder(task name, embedding dim, head options, objective params)
+TASKS: dict[str, TaskBuilder] = {
+    "nt_xent": SimCLRTask,
+}
+
+
+def build_task(cfg: TaskConfig, embed_dim: int) -> PretextTask:
+    if cfg.objective not in TASKS:
+        raise ConfigError(
+            f"unknown objective '{cfg.objective}' in recipe field 'tasks[{cfg.name}].objective' "
+            f"(known: {', '.join(sorted(TASKS))})"
+        )
+    return TASKS[cfg.objective](cfg.name, embed_dim, cfg.head, cfg.params)

@@ -1,0 +1,46 @@
+"""SimCLR: projector MLP + NT-Xent on two augmented views.
+
+SimCLR (Chen et al., 2020) is MT-SLVR's first contrastive objective
+(``../shared/seeds/000_e1eab6133071efa6.txt``, "Main Experiments & Results"); the views come
+from the CLAR pipeline (:mod:`tympan.augment.pipeline`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tympan.augment.pipeline import Views
+from tympan.config import merge_options
+from tympan.errors import ConfigError
+from tympan.methods.base import PretextTask, TaskOutput
+from tympan.models.encoder import Encoder
+from tympan.models.heads import mlp
+from tympan.objectives.distributed import gather
+from tympan.objectives.nt_xent import nt_xent
+
+
+class SimCLRTask(PretextTask):
+    """``loss = nt_xent(g(f(v1)), g(f(v2)), temperature)`` over the global batch."""
+
+    head_defaults = {"hidden_dim": 512, "out_dim": 128, "num_layers": 2}
+
+    def __init__(self, name: str, embed_dim: int, head: dict[str, Any], params: dict[str, Any]):
+        super().__init__(name)
+        cfg = merge_options(self.head_defaults, head, f"tasks[{name}].head")
+        opts = merge_options({"temperature": 0.1}, params, f"tasks[{name}].params")
+        if opts["temperature"] <= 0:
+            raise ConfigError(f"recipe field 'tasks[{name}].params.temperature' must be > 0")
+        self.temperature = float(opts["temperature"])
+        self.projector = mlp(embed_dim, cfg["hidden_dim"], cfg["out_dim"], cfg["num_layers"])
+
+    def forward(self, encoder: Encoder, views: Views) -> TaskOutput:
+        e1, e2 = self.encode_pair(encoder, views)
+        z1, z2 = self.projector(e1), self.projector(e2)
+        loss = nt_xent(gather(z1), gather(z2), self.temperature)
+        with torch.no_grad():
+            pos = torch.nn.functional.cosine_similarity(z1, z2).mean()
+            std = torch.nn.functional.normalize(e1.float(), dim=1).std(dim=0).mean()
+        return TaskOutput(loss, {"pos_cos": pos, "embed_std": std})
+

@@ -1,0 +1,1 @@
+"""Lightning module, data module, checkpoints and the pretraining entry point."""

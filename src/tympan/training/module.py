@@ -1,0 +1,95 @@
+"""The Lightning module shared by every pretraining method.
+
+It owns the encoder, the tasks (heads + objectives) and the view pipeline, and does per step:
+waveforms -> two views + op labels (on the device) -> each task's loss -> weighted sum. Which
+objectives run is entirely the recipe's ``tasks`` list; nothing here is method-specific.
+
+Schedule: linear warm-up then cosine decay to zero, stepped every optimiser step with the horizon
+``max_steps`` (one of the public-code defects listed in the seeds README is a per-batch step with
+an epoch horizon; here both are in steps).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from tympan.augment.pipeline import ViewPipeline
+from tympan.config import Recipe
+from tympan.methods.registry import build_task
+from tympan.models.encoder import Encoder
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """Learning-rate factor: ``step/warmup`` during warm-up, then half a cosine down to 0."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class PretrainModule(pl.LightningModule):
+    """Encoder + tasks + views; ``training_step`` returns the weighted sum of task losses."""
+
+    def __init__(self, recipe: Recipe, seed: int = 0) -> None:
+        super().__init__()
+        self.recipe = recipe
+        self.seed = seed
+        self.encoder = Encoder(recipe)
+        self.tasks = nn.ModuleDict(
+            {t.name: build_task(t, self.encoder.dim) for t in recipe.tasks}
+        )
+        self.weights = {t.name: t.weight for t in recipe.tasks}
+        self.views = ViewPipeline(recipe.augment)
+        self._generator: torch.Generator | None = None
+        self._generator_state: torch.Tensor | None = None
+
+    # -- randomness of the views: its own generator on the device, saved in checkpoints so a
+    #    resumed run draws the same augmentations as an uninterrupted one
+    @property
+    def generator(self) -> torch.Generator:
+        if self._generator is None or self._generator.device != self.device:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(self.seed * 1_000_003 + self.global_rank)
+            if self._generator_state is not None:
+                g.set_state(self._generator_state)
+            self._generator = g
+        return self._generator
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["view_generator_state"] = self.generator.get_state().cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("view_generator_state")
+        if state is not None:
+            self._generator_state = state
+            self._generator = None
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        wav = batch["audio"]
+        views = self.views(wav, self.generator)
+        total = wav.new_zeros(())
+        logs: dict[str, torch.Tensor] = {}
+        for name, task in self.tasks.items():
+            out = task(self.encoder, views)
+            total = total + self.weights[name] * out.loss
+            logs[f"{name}/loss"] = out.loss.detach()
+            for key, value in out.logs.items():
+                logs[f"{name}/{key}"] = value.detach()
+        logs["loss"] = total.detach()
+        logs["lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
+        self.log_dict(logs, prog_bar=False, on_step=True, batch_size=wav.shape[0], sync_dist=False)
+        self.log("train_loss", total.detach(), prog_bar=True, on_step=True, batch_size=wav.shape[0])
+        return total
+
+    def configure_optimizers(self) -> Any:
+        t = self.recipe.train
+        opt = torch.optim.Adam(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, t.warmup_steps, t.max_steps)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

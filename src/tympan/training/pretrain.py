@@ -1,0 +1,189 @@
+"""``tympan pretrain``: a recipe, a manifest and a run directory in, an encoder out.
+
+Run directory (ARCHITECTURE.md, "Contracts"): ``config.yaml`` (resolved recipe),
+``encoder.safetensors``, ``metrics.csv``, ``checkpoints/last.ckpt`` (for ``--resume``) and
+``pretrain.json`` (a machine-readable summary: steps, clips, skipped files, parameters, time).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from tympan.config import Recipe, load_recipe, save_recipe
+from tympan.data.dataset import CropDataset
+from tympan.data.manifest import Manifest, read_manifest
+from tympan.data.scan import scan_items
+from tympan.errors import TympanError
+from tympan.models.encoder import CONFIG_FILE, ENCODER_FILE, save_encoder
+from tympan.training.checkpoints import AtomicCheckpointIO
+from tympan.training.csv_log import RunCSVLogger
+from tympan.training.module import PretrainModule
+
+log = logging.getLogger("tympan")
+LAST_CKPT = "last.ckpt"
+
+
+@dataclass
+class PretrainResult:
+    run: Path
+    steps: int
+    clips: int
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    parameters: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run": str(self.run), "steps": self.steps, "clips": self.clips,
+            "skipped": self.skipped, "n_skipped": len(self.skipped),
+            "wall_seconds": round(self.wall_seconds, 2), "parameters": self.parameters,
+        }
+
+
+def pretrain_items(manifest: Manifest, split: str | None) -> Manifest:
+    """The clips to pretrain on: ``split`` if given; else the ``pretrain`` split when the
+    manifest has one; else every clip. Labels are never read."""
+    if split is not None:
+        return manifest.select(split)
+    if "pretrain" in manifest.splits:
+        return manifest.select("pretrain")
+    return manifest
+
+
+def resolve_precision(recipe: Recipe, accelerator: str) -> str:
+    """bf16 autocast on CUDA, fp32 on the CPU (bf16 there is ~100x slower)."""
+    if recipe.train.precision != "auto":
+        return recipe.train.precision
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def pretrain(
+    recipe: str | Path | Recipe,
+    data: str | Path,
+    out: str | Path,
+    *,
+    max_steps: int | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    skip_bad: bool = False,
+    split: str | None = None,
+    devices: int | str | None = None,
+    accelerator: str | None = None,
+    strategy: str | None = None,
+    num_nodes: int | None = None,
+    progress: bool = True,
+    overrides: dict[str, Any] | None = None,
+) -> PretrainResult:
+    """Pretrain an encoder; see the module docstring for what lands in ``out``."""
+    out = Path(out)
+    ckpt = out / "checkpoints" / LAST_CKPT
+    overrides = dict(overrides or {})
+    if max_steps is not None:
+        overrides["train.max_steps"] = max_steps
+    for key, value in (("devices", devices), ("accelerator", accelerator),
+                       ("strategy", strategy), ("num_nodes", num_nodes)):
+        if value is not None:
+            overrides[f"train.{key}"] = value
+    if resume:
+        if not (out / CONFIG_FILE).is_file():
+            raise TympanError(f"--resume: {out} holds no run to resume (no {CONFIG_FILE})")
+        if not ckpt.is_file():
+            raise TympanError(
+                f"--resume: {out} has no checkpoint yet ({ckpt} is missing); "
+                f"start again without --resume after removing {out}"
+            )
+        # the run's own resolved recipe wins; only steps/devices may change on resume
+        cfg = load_recipe(out / CONFIG_FILE, overrides)
+    else:
+        if (out / CONFIG_FILE).exists():
+            raise TympanError(
+                f"{out} already holds a run; continue it with --resume or choose another --out"
+            )
+        cfg = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+        if isinstance(recipe, Recipe) and overrides:
+            cfg = load_recipe(recipe.to_dict(), overrides)
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    manifest = pretrain_items(read_manifest(data, check_files=not skip_bad), split)
+    report = scan_items(
+        manifest.items, cfg.audio.sample_rate, skip_bad=skip_bad, progress=progress,
+        desc="checking pretraining audio",
+    )
+    if not report.items:
+        raise TympanError(f"{data}: no usable audio to pretrain on")
+    dataset = CropDataset(report.items, cfg.audio.sample_rate, cfg.audio.clip_seconds)
+    t = cfg.train
+    if len(dataset) < t.batch_size:
+        raise TympanError(
+            f"{data}: {len(dataset)} usable clips, fewer than train.batch_size={t.batch_size}; "
+            f"lower the batch size (--set train.batch_size=N) or add audio"
+        )
+    loader = DataLoader(
+        dataset, batch_size=t.batch_size, shuffle=True, drop_last=True,
+        num_workers=t.num_workers, persistent_workers=t.num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+    module = PretrainModule(cfg, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpointing = ModelCheckpoint(
+        dirpath=out / "checkpoints", filename="step{step}", save_top_k=0, save_last=True,
+        every_n_train_steps=t.checkpoint_every_n_steps, enable_version_counter=False,
+    )
+    trainer = pl.Trainer(
+        max_steps=t.max_steps,
+        max_epochs=-1,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=resolve_precision(cfg, t.accelerator),
+        logger=RunCSVLogger(out / "metrics.csv"),
+        callbacks=[checkpointing],
+        plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        default_root_dir=out,
+    )
+    if trainer.is_global_zero:
+        save_recipe(cfg, out / CONFIG_FILE)
+    started = time.time()
+    with warnings.catch_warnings():
+        # a small corpus gives short epochs; Lightning's advice about workers is noise here
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        trainer.fit(
+            module, train_dataloaders=loader, ckpt_path=str(ckpt) if resume else None,
+            weights_only=True,
+        )
+    wall = time.time() - started
+    trainer.save_checkpoint(ckpt, weights_only=False)
+    result = PretrainResult(
+        run=out, steps=int(trainer.global_step), clips=len(report.items),
+        skipped=report.skipped, wall_seconds=wall,
+        parameters={
+            "encoder": count_parameters(module.encoder),
+            "heads": count_parameters(module.tasks),
+        },
+    )
+    if trainer.is_global_zero:
+        save_encoder(module.encoder, out / ENCODER_FILE)
+        (out / "pretrain.json").write_text(json.dumps(result.to_json(), indent=2))
+    return result

@@ -183,9 +183,6 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
-        # Lightning's start-up chatter (accelerator listing, tips) hides what matters
-        for name in ("pytorch_lightning", "lightning_fabric", "lightning"):
-            logging.getLogger(name).setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     try:

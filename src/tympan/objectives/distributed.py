@@ -10,6 +10,8 @@ parameter gradients equal those of one process on the concatenated batch.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -28,4 +30,8 @@ def gather(x: Tensor) -> Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    with warnings.catch_warnings():
+        # deprecated in favour of a private (underscore) module whose API is not stable yet;
+        # this one is public, autograd-aware and works with gloo and NCCL
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(x.contiguous()), dim=0)

@@ -73,6 +73,14 @@ def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up chatter (accelerator listing, tips) out of the user's way;
+    warnings and errors still show. ``tympan -v`` keeps everything."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("pytorch_lightning", "lightning_fabric", "lightning.")):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def pretrain(
     recipe: str | Path | Recipe,
     data: str | Path,
@@ -109,16 +117,20 @@ def pretrain(
                 f"start again without --resume after removing {out}"
             )
         # the run's own resolved recipe wins; only steps/devices may change on resume
+        saved = load_recipe(out / CONFIG_FILE)
         cfg = load_recipe(out / CONFIG_FILE, overrides)
-    else:
-        if (out / CONFIG_FILE).exists():
-            raise TympanError(
-                f"{out} already holds a run; continue it with --resume or choose another --out"
+        if cfg.train.max_steps != saved.train.max_steps:
+            log.warning(
+                "resuming with max_steps %d instead of %d: the learning-rate schedule's horizon "
+                "moves with it", cfg.train.max_steps, saved.train.max_steps,
             )
+    else:
         cfg = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
         if isinstance(recipe, Recipe) and overrides:
             cfg = load_recipe(recipe.to_dict(), overrides)
 
+    if not log.isEnabledFor(logging.DEBUG):
+        quiet_lightning()
     pl.seed_everything(seed, workers=True, verbose=False)
     manifest = pretrain_items(read_manifest(data, check_files=not skip_bad), split)
     report = scan_items(
@@ -162,13 +174,22 @@ def pretrain(
         enable_model_summary=False,
         default_root_dir=out,
     )
+    # Under DDP the launcher re-runs this function in every process; only global rank 0 (the
+    # process that runs it first) checks the run directory and writes the config.
     if trainer.is_global_zero:
+        if not resume and (out / CONFIG_FILE).exists():
+            raise TympanError(
+                f"{out} already holds a run; continue it with --resume or choose another --out"
+            )
         save_recipe(cfg, out / CONFIG_FILE)
     started = time.time()
     with warnings.catch_warnings():
         # a small corpus gives short epochs; Lightning's advice about workers is noise here
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        # resuming mid-epoch restarts that epoch's shuffled order (steps, optimiser, schedule
+        # and augmentation RNG are restored exactly); documented in the README
+        warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         trainer.fit(
             module, train_dataloaders=loader, ckpt_path=str(ckpt) if resume else None,
             weights_only=True,

@@ -168,3 +168,19 @@ def test_clear_errors(corpus: Path, tmp_path: Path, capsys) -> None:
 
     assert main(["fewshot", "--model", str(tmp_path), "--data", str(corpus), "-q"]) == 2
     assert "config.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights(corpus: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    def run(name: str, seed: int) -> dict[str, torch.Tensor]:
+        out = tmp_path / name
+        assert main(["pretrain", "--data", str(corpus), "--out", str(out), "--max-steps", "3",
+                     "--seed", str(seed), *FAST]) == 0
+        return load_file(str(out / "encoder.safetensors"))
+
+    a, b, c = run("a", 1), run("b", 1), run("c", 2)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -24,6 +24,7 @@ from tympan.evaluation.features import resolve_model
 from tympan.evaluation.fewshot import FewShotBench, FewShotResult
 from tympan.evaluation.metrics import intervals_overlap
 from tympan.models.encoder import ENCODER_FILE, load_encoder
+from tympan.report.plots import plot_fewshot
 from tympan.training.pretrain import LAST_CKPT, PretrainResult, pretrain
 
 __all__ = [
@@ -137,6 +138,7 @@ def demo(
     if one_shot["logmel"][0] > one_shot["simclr"][0]:
         verdict += " The log-mel baseline scores higher than SimCLR here."
     table = format_table(results)
+    plot_fewshot(results, out / "results.png")
     timings = {"corpus_s": round(corpus_s, 1), "pretrain_s": round(pretrain_s, 1),
                "eval_s": round(eval_s, 1)}
     text = (
@@ -145,7 +147,7 @@ def demo(
         f"{queries} queries per class, seed {seed}; the same episodes for every model. "
         "`logmel`: time-pooled log-mel statistics; `random`: the same ResNet untrained; "
         f"`simclr`: pretrained with recipe `{recipe}` on the unlabeled pretrain pool.\n\n"
-        f"{table}\n\n{verdict}\n\n"
+        f"{table}\n\n{verdict}\n\n![few-shot accuracy](results.png)\n\n"
         f"Wall time: corpus {timings['corpus_s']} s, pretraining {timings['pretrain_s']} s, "
         f"evaluation {timings['eval_s']} s.\n"
     )

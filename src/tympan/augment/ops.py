@@ -65,7 +65,7 @@ def _fade_curve(p: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
     """
     lin = p
     log = torch.log10(0.1 + 0.9 * p) + 1.0
-    exp = (torch.pow(2.0, 5.0 * (p - 1.0)) - 2.0**-5) / (1.0 - 2.0**-5)
+    exp = (torch.exp2(5.0 * (p - 1.0)) - 2.0**-5) / (1.0 - 2.0**-5)
     s = shape.view(-1, 1)
     return torch.where(s == 0, lin, torch.where(s == 1, log, exp))
 

@@ -76,7 +76,7 @@ class ViewPipeline:
 
     def apply(self, x: torch.Tensor, order: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Run each clip through its ordered ops with freshly drawn parameters."""
-        out = x
+        out = x.clone()  # written in place below: one copy instead of one per (position, op)
         for p in range(order.shape[1]):
             for j, op in enumerate(self.ops):
                 idx = torch.nonzero(order[:, p] == j, as_tuple=True)[0]
@@ -84,7 +84,7 @@ class ViewPipeline:
                     continue
                 sub = out.index_select(0, idx)
                 params = op.sample(idx.numel(), x.shape[1], g, x.device)
-                out = out.index_copy(0, idx, op.apply(sub, params))
+                out.index_copy_(0, idx, op.apply(sub, params))
         return out
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> Views:

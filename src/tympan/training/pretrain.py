@@ -26,6 +26,7 @@ from tympan.data.manifest import Manifest, read_manifest
 from tympan.data.scan import scan_items
 from tympan.errors import TympanError
 from tympan.models.encoder import CONFIG_FILE, ENCODER_FILE, save_encoder
+from tympan.report.plots import plot_training_curves
 from tympan.training.checkpoints import AtomicCheckpointIO
 from tympan.training.csv_log import RunCSVLogger
 from tympan.training.module import PretrainModule
@@ -207,4 +208,6 @@ def pretrain(
     if trainer.is_global_zero:
         save_encoder(module.encoder, out / ENCODER_FILE)
         (out / "pretrain.json").write_text(json.dumps(result.to_json(), indent=2))
+        if (out / "metrics.csv").is_file():
+            plot_training_curves(out / "metrics.csv", out / "training.png")
     return result

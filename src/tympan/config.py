@@ -77,6 +77,22 @@ class AugmentConfig:
     #: per-op parameter ranges; missing ops or keys take the op's seed defaults
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def op_count_range(self) -> tuple[int, int]:
+        """``(min_ops, max_ops)`` resolved and checked: ops within a clip are distinct, so
+        neither bound may exceed ``len(ops)``."""
+        n = len(self.ops)
+        hi = n if self.max_ops is None else self.max_ops
+        if not 0 <= self.min_ops <= n:
+            raise ConfigError(
+                f"recipe field 'augment.min_ops' must lie in [0, len(ops)={n}], got {self.min_ops}"
+            )
+        if not self.min_ops <= hi <= n:
+            raise ConfigError(
+                f"recipe field 'augment.max_ops' must lie in [min_ops={self.min_ops}, "
+                f"len(ops)={n}], got {hi}"
+            )
+        return self.min_ops, hi
+
 
 @dataclass
 class TaskConfig:
@@ -193,6 +209,12 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         raise ConfigError(errors[0] if errors else f"recipe field '{path}' has a bad value")
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # PyYAML (YAML 1.1) reads ``3e-4`` as a string; recipes are written that way.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, str, bool):
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
             raise ConfigError(
@@ -227,6 +249,20 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _drop_unlisted_op_params(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """When ``over`` sets ``augment.ops``, forget ``base``'s params for ops it no longer lists.
+
+    A deep merge cannot delete keys, so without this a recipe extending ``simclr`` could never
+    drop an op. Params that ``over`` itself gives are kept (and checked by the pipeline).
+    """
+    ops = (over.get("augment") or {}).get("ops") if isinstance(over.get("augment"), dict) else None
+    params = (base.get("augment") or {}).get("params") if isinstance(base.get("augment"), dict) else None
+    if not isinstance(ops, list) or not isinstance(params, dict):
+        return base
+    kept = {k: v for k, v in params.items() if k in ops}
+    return {**base, "augment": {**base["augment"], "params": kept}}
+
+
 def packaged_recipes() -> list[str]:
     """Names of the recipes shipped with tympan."""
     folder = resources.files("tympan") / "recipes"
@@ -236,10 +272,12 @@ def packaged_recipes() -> list[str]:
 def _read_yaml(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
     text: str
     candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
-        if not candidate.is_file():
-            raise ConfigError(f"recipe file {candidate} does not exist")
+    # A file path wins; a bare name is a packaged recipe even when a folder of that
+    # name exists in the working directory (``tympan demo --out demo`` makes one).
+    if candidate.is_file():
         text, label = candidate.read_text(), str(candidate)
+    elif candidate.suffix in (".yaml", ".yml") or len(candidate.parts) > 1:
+        raise ConfigError(f"recipe file {candidate} does not exist")
     else:
         res = resources.files("tympan") / "recipes" / f"{name_or_path}.yaml"
         if not res.is_file():
@@ -276,7 +314,7 @@ def load_recipe(
             raise ConfigError(f"recipe 'base' chain loops at {base_name}")
         seen.add(base_name)
         base, _ = _read_yaml(base_name)
-        data = _deep_merge(base, data)
+        data = _deep_merge(_drop_unlisted_op_params(base, data), data)
     if overrides:
         nested: dict[str, Any] = {}
         for key, value in overrides.items():
@@ -285,7 +323,7 @@ def load_recipe(
             for p in parents:
                 node = node.setdefault(p, {})
             node[last] = value
-        data = _deep_merge(data, nested)
+        data = _deep_merge(_drop_unlisted_op_params(data, nested), nested)
     recipe = _build(Recipe, data, "")
     validate(recipe)
     return recipe
@@ -307,11 +345,7 @@ def validate(recipe: Recipe) -> None:
     need(len(recipe.tasks) >= 1, "recipe field 'tasks' must name at least one task")
     names = recipe.task_names
     need(len(set(names)) == len(names), "recipe field 'tasks': task names must be unique")
-    a = recipe.augment
-    need(a.min_ops >= 0, "recipe field 'augment.min_ops' must be >= 0")
-    if a.max_ops is not None:
-        need(a.min_ops <= a.max_ops <= len(a.ops),
-             "recipe field 'augment.max_ops' must lie in [min_ops, len(ops)]")
+    recipe.augment.op_count_range()
     t = recipe.train
     need(t.batch_size >= 2, "recipe field 'train.batch_size' must be >= 2")
     need(t.max_steps >= 1, "recipe field 'train.max_steps' must be >= 1")

@@ -15,6 +15,8 @@ No op loops over clips in Python; each is a handful of tensor operations on the 
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, ClassVar
 
 import torch
@@ -121,17 +123,23 @@ class AugmentOp:
         """Validate ranges; override to add checks."""
 
     def _range(self, key: str, lo: float, hi: float) -> tuple[float, float]:
-        a, b = self.params[key]
+        value = self.params[key]
+        ok = (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        )
+        a, b = value if ok else (math.nan, math.nan)
         if not (lo <= a <= b <= hi):
             raise ConfigError(
                 f"recipe field 'augment.params.{self.name}.{key}' must be [min, max] with "
-                f"{lo} <= min <= max <= {hi}, got {[a, b]}"
+                f"{lo} <= min <= max <= {hi}, got {value!r}"
             )
         return float(a), float(b)
 
     def _ratio(self, key: str) -> float:
         r = self.params[key]
-        if not 0.0 <= r <= 1.0:
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r <= 1.0:
             raise ConfigError(f"recipe field 'augment.params.{self.name}.{key}' must lie in [0, 1]")
         return float(r)
 

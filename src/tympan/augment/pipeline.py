@@ -53,8 +53,7 @@ class ViewPipeline:
         self.cfg = cfg
         self.ops: list[AugmentOp] = [build_op(name, cfg.params.get(name)) for name in cfg.ops]
         self.op_names = tuple(cfg.ops)
-        self.min_ops = cfg.min_ops
-        self.max_ops = len(cfg.ops) if cfg.max_ops is None else cfg.max_ops
+        self.min_ops, self.max_ops = cfg.op_count_range()
 
     def sample_order(self, n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
         """Per clip: a count in [min_ops, max_ops] and a random order of that many distinct ops.

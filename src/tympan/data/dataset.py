@@ -69,6 +69,7 @@ def segment(wav: np.ndarray, num_samples: int) -> np.ndarray:
         return fit_length(wav, num_samples)[None, :]
     count = n // num_samples
     segs = wav[: count * num_samples].reshape(count, num_samples)
-    if n - count * num_samples >= num_samples // 2:
+    remainder = n - count * num_samples
+    if remainder > 0 and 2 * remainder >= num_samples:
         segs = np.concatenate([segs, wav[None, n - num_samples :]])
     return segs

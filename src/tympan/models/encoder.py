@@ -106,7 +106,14 @@ def load_encoder(run: str | Path, map_location: str | torch.device = "cpu") -> E
         state = load_file(str(weights), device=str(map_location))
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise TympanError(f"{weights}: cannot be read as safetensors ({exc})") from None
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = encoder.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch: the weights belong to another architecture
+        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
+        raise TympanError(
+            f"{weights} does not match the architecture in {cfg} ({first.strip()}); "
+            f"was config.yaml edited or copied from another run?"
+        ) from None
     if missing or unexpected:
         raise TympanError(
             f"{weights} does not match {cfg}: missing {missing[:3]}, unexpected {unexpected[:3]}"

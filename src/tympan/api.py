@@ -28,7 +28,7 @@ from tympan.report.plots import plot_fewshot
 from tympan.training.pretrain import LAST_CKPT, PretrainResult, pretrain
 
 __all__ = [
-    "demo", "fewshot", "load_encoder", "load_recipe", "packaged_recipes", "pretrain",
+    "demo", "embed", "fewshot", "load_encoder", "load_recipe", "packaged_recipes", "pretrain",
     "synth_corpus", "FewShotResult", "PretrainResult",
 ]
 
@@ -60,6 +60,68 @@ def fewshot(
         queries=queries, episodes=episodes, seed=seed, C=encoder.recipe.fewshot.C,
         max_iter=encoder.recipe.fewshot.readout_max_iter, task=task,
     )
+
+
+def embed(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    split: str | None = None,
+    task: str | None = None,
+    segment_seconds: float | None = None,
+    recipe: str | Path | None = None,
+    skip_bad: bool = False,
+    batch_size: int = 64,
+    device: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Embed every clip of ``data`` (one split, or all) and write an ``.npz`` file.
+
+    The file holds ``embeddings [N, D]``, ``paths``, ``labels`` (multi-label joined by ``;``),
+    ``tasks`` and ``task_slices [len(tasks), 2]``: the columns each task owns (ARCHITECTURE,
+    "Contracts"). Variable-length clips are cut into segments whose embeddings are averaged.
+    Returns a summary (also what ``tympan embed --json`` writes).
+    """
+    import numpy as np
+
+    from tympan.data.manifest import read_manifest
+    from tympan.data.scan import scan_items
+    from tympan.evaluation.features import embed_clips
+
+    manifest = read_manifest(data, check_files=not skip_bad)
+    if split:
+        manifest = manifest.select(split)
+    encoder = resolve_model(model, recipe, seed=seed)
+    report = scan_items(
+        manifest.items, encoder.sample_rate, skip_bad=skip_bad, keep_audio=True,
+        progress=progress, desc="loading clips",
+    )
+    seconds = segment_seconds or encoder.recipe.fewshot.segment_seconds
+    emb = embed_clips(encoder, report.audio, seconds, task=task, batch_size=batch_size,
+                      device=device, progress=progress)
+    if task is None:
+        slices = encoder.task_slices()
+    else:
+        slices = {task: (0, emb.shape[1])}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez(
+        tmp,
+        embeddings=emb.astype(np.float32),
+        paths=np.array([str(it.path) for it in report.items]),
+        labels=np.array([";".join(it.labels) for it in report.items]),
+        tasks=np.array(list(slices)),
+        task_slices=np.array(list(slices.values()), dtype=np.int64).reshape(-1, 2),
+    )
+    tmp.replace(out)
+    return {
+        "model": str(model), "out": str(out), "clips": len(report.items),
+        "dim": int(emb.shape[1]), "tasks": {t: list(v) for t, v in slices.items()},
+        "skipped": report.skipped, "split": split,
+    }
 
 
 def format_table(results: list[dict[str, Any]]) -> str:

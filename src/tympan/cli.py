@@ -56,6 +56,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from tympan.report.tables import format_parameters
     from tympan.training.pretrain import pretrain
 
     result = pretrain(
@@ -74,6 +75,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"pretrained {result.steps} steps on {result.clips} clips in {result.wall_seconds:.0f} s "
         f"-> {result.run}"
     )
+    print(format_parameters(result.parameters["encoder_breakdown"]))
     _write_json(args.json, summary)
     return 0
 
@@ -92,6 +94,49 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
             print(f"  {s['path']}: {s['reason']}", file=sys.stderr)
     print(format_table([res.to_json()]))
     _write_json(args.json, res.to_json())
+    return 0
+
+
+def _report_skipped(skipped: list[dict[str, str]]) -> None:
+    if skipped:
+        print(f"skipped {len(skipped)} unusable file(s):", file=sys.stderr)
+        for s in skipped:
+            print(f"  {s['path']}: {s['reason']}", file=sys.stderr)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from tympan.api import embed
+
+    summary = embed(
+        args.model, args.data, args.out, split=args.split, task=args.task, recipe=args.recipe,
+        skip_bad=args.skip_bad, device=args.device, seed=args.seed, progress=not args.quiet,
+    )
+    _report_skipped(summary["skipped"])
+    tasks = ", ".join(f"{t} [{a}:{b})" for t, (a, b) in summary["tasks"].items())
+    print(f"embedded {summary['clips']} clips -> {summary['out']} (D={summary['dim']}; {tasks})")
+    _write_json(args.json, summary)
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from tympan.reproduce.mtslvr import VARIANTS, reproduce_mtslvr
+
+    if args.paper != "mtslvr":  # argparse choices already restrict this
+        raise TympanError(f"unknown reproduction '{args.paper}'")
+    names = {v.name for v in VARIANTS} | {v.slug for v in VARIANTS}
+    bad = [v for v in args.variants or [] if v not in names]
+    if bad:
+        raise TympanError(
+            f"--variants {bad[0]}: unknown; choose from {', '.join(v.slug for v in VARIANTS)}"
+        )
+    summary = reproduce_mtslvr(
+        args.out, data=args.data, eval_data=args.eval_data, quick=args.quick,
+        families=tuple(args.families), variants=tuple(args.variants) if args.variants else None,
+        max_steps=args.max_steps, episodes=args.episodes, seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(summary["markdown"])
+    print(f"written to {Path(args.out) / 'results.md'} and results.json")
     return 0
 
 
@@ -164,6 +209,37 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", help="write the result JSON here")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     f.set_defaults(func=cmd_fewshot)
+
+    e = sub.add_parser("embed", help="embed a dataset's clips with a frozen encoder (.npz)")
+    e.add_argument("--model", required=True, help="run directory, 'random' or 'logmel'")
+    e.add_argument("--data", required=True, help="manifest CSV or class-folder")
+    e.add_argument("--out", required=True, help="output .npz")
+    e.add_argument("--split", help="one split (default: every clip)")
+    e.add_argument("--task", help="one task's features (default: all tasks concatenated)")
+    e.add_argument("--recipe", help="architecture for 'random'/'logmel' (default: simclr)")
+    e.add_argument("--skip-bad", action="store_true", help="skip unreadable audio and report it")
+    e.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    e.add_argument("--seed", type=int, default=0, help="initialisation of 'random'")
+    e.add_argument("--json", help="also write the summary JSON here")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=cmd_embed)
+
+    rp = sub.add_parser("reproduce", help="re-run a seed paper's comparison on the embedded corpus")
+    rp.add_argument("paper", choices=["mtslvr"])
+    rp.add_argument("--out", default="runs/reproduce_mtslvr")
+    rp.add_argument("--quick", action="store_true",
+                    help="CPU-sized recipes (about half an hour on 2 cores)")
+    rp.add_argument("--data", help="pretraining manifest (default: generate the embedded corpus)")
+    rp.add_argument("--eval-data", action="append", metavar="MANIFEST",
+                    help="another few-shot dataset (its 'test' split; repeatable)")
+    rp.add_argument("--families", nargs="+", default=["simclr", "simsiam"],
+                    choices=["simclr", "simsiam"])
+    rp.add_argument("--variants", nargs="+", help="a subset, e.g. cont_only mt_parallel")
+    rp.add_argument("--max-steps", type=int, help="override every recipe's steps")
+    rp.add_argument("--episodes", type=int, default=600)
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    rp.set_defaults(func=cmd_reproduce)
 
     d = sub.add_parser("demo", help="corpus -> SimCLR -> few-shot table (what `make demo` runs)")
     d.add_argument("--out", default="demo")

@@ -55,9 +55,12 @@ class ModelConfig:
 
     arch: str = "resnet18"
     width: int = 64
-    #: adapter kind in every adapter slot: "none" (all shared); MT-SLVR adds "bn", "series",
-    #: "parallel"
+    #: adapter kind in every adapter slot (:mod:`tympan.models.adapters`): "none" (all shared),
+    #: "bn", "series" or "parallel"
     adapter: str = "none"
+    #: MT-SLVR's split head: the final layer's channels are divided equally between the tasks,
+    #: each task's embedding is its own share (seed 000, "Model Variants")
+    split_head: bool = False
 
 
 @dataclass

@@ -22,6 +22,7 @@ def _recipe(**over):
 def test_shapes_tasks_and_concatenation() -> None:
     recipe = _recipe()
     recipe.tasks = [TaskConfig(name="contrastive"), TaskConfig(name="other")]
+    recipe.model.adapter = "bn"  # tasks with parameters of their own: embeddings differ
     enc = Encoder(recipe).eval()
     x = torch.randn(3, 16000)
     assert enc.tasks == ("contrastive", "other")

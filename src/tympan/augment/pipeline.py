@@ -12,7 +12,7 @@ op is ``j`` are gathered, transformed together and scattered back. That is at mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,6 +34,8 @@ class Views:
     labels: torch.Tensor
     order: torch.Tensor
     op_names: tuple[str, ...]
+    #: per-step memo of encoder outputs shared by tasks (see ``PretextTask.encode_pair``)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 class ViewPipeline:

@@ -5,23 +5,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tympan.config import TaskConfig
+from tympan.config import Recipe, TaskConfig
 from tympan.errors import ConfigError
+from tympan.methods.aug_prediction import AugPredictionTask
 from tympan.methods.base import PretextTask
 from tympan.methods.simclr import SimCLRTask
+from tympan.methods.simsiam import SimSiamTask
 
-TaskBuilder = Callable[[str, int, dict[str, Any], dict[str, Any]], PretextTask]
+TaskBuilder = Callable[[str, int, dict[str, Any], dict[str, Any], Recipe], PretextTask]
 
-#: objective name -> builder(task name, embedding dim, head options, objective params)
+#: objective name -> builder(task name, embedding dim, head options, objective params, recipe)
 TASKS: dict[str, TaskBuilder] = {
     "nt_xent": SimCLRTask,
+    "simsiam": SimSiamTask,
+    "aug_prediction": AugPredictionTask,
 }
 
 
-def build_task(cfg: TaskConfig, embed_dim: int) -> PretextTask:
+def build_task(cfg: TaskConfig, embed_dim: int, recipe: Recipe) -> PretextTask:
     if cfg.objective not in TASKS:
         raise ConfigError(
             f"unknown objective '{cfg.objective}' in recipe field 'tasks[{cfg.name}].objective' "
             f"(known: {', '.join(sorted(TASKS))})"
         )
-    return TASKS[cfg.objective](cfg.name, embed_dim, cfg.head, cfg.params)
+    return TASKS[cfg.objective](cfg.name, embed_dim, cfg.head, cfg.params, recipe)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from tympan.augment.pipeline import Views
-from tympan.config import merge_options
+from tympan.config import Recipe
 from tympan.errors import ConfigError
 from tympan.methods.base import PretextTask, TaskOutput
 from tympan.models.encoder import Encoder
@@ -25,11 +25,14 @@ class SimCLRTask(PretextTask):
     """``loss = nt_xent(g(f(v1)), g(f(v2)), temperature)`` over the global batch."""
 
     head_defaults = {"hidden_dim": 512, "out_dim": 128, "num_layers": 2}
+    param_defaults = {"temperature": 0.1}
 
-    def __init__(self, name: str, embed_dim: int, head: dict[str, Any], params: dict[str, Any]):
+    def __init__(
+        self, name: str, embed_dim: int, head: dict[str, Any], params: dict[str, Any],
+        recipe: Recipe,
+    ) -> None:
         super().__init__(name)
-        cfg = merge_options(self.head_defaults, head, f"tasks[{name}].head")
-        opts = merge_options({"temperature": 0.1}, params, f"tasks[{name}].params")
+        cfg, opts = self.options(head, params)
         if opts["temperature"] <= 0:
             raise ConfigError(f"recipe field 'tasks[{name}].params.temperature' must be > 0")
         self.temperature = float(opts["temperature"])

@@ -15,6 +15,7 @@ Weights are saved with safetensors, which cannot carry code, so loading a run is
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from tympan.audio.frontend import LogMel
 from tympan.config import Recipe, load_recipe
 from tympan.errors import ConfigError, TympanError
+from tympan.models.adapters import has_task_parameters, task_parameter_counts
 from tympan.models.resnet import ARCHS
 
 ENCODER_FILE = "encoder.safetensors"
@@ -30,7 +32,16 @@ CONFIG_FILE = "config.yaml"
 
 
 class Encoder(nn.Module):
-    """Front end + backbone with per-task adapters + global average pooling."""
+    """Front end + backbone with per-task adapters + global average pooling.
+
+    MT-SLVR's variants (seed 000, "Model Variants") are two recipe fields:
+    ``model.adapter`` (:mod:`tympan.models.adapters`) and ``model.split_head``. With the split head
+    the pooled output's ``C`` channels are divided into ``len(tasks)`` equal shares and each task's
+    embedding is its own share (the seed splits a 1000-unit final layer into two heads of 500; our
+    final layer is the last convolution stage, whose output the pooling reads). Without adapters
+    the backbone computes the same thing for every task, so it runs once and, without the split,
+    every task owns the whole embedding (``task_slices`` then overlap).
+    """
 
     def __init__(self, recipe: Recipe) -> None:
         super().__init__()
@@ -46,16 +57,28 @@ class Encoder(nn.Module):
         self.backbone = ARCHS[recipe.model.arch](
             recipe.frontend.channels, recipe.model.width, recipe.model.adapter, self.tasks
         )
+        n = len(self.tasks)
+        #: whether each task runs the backbone with parameters of its own
+        self.task_specific = has_task_parameters(recipe.model.adapter) and n > 1
+        self.split = recipe.model.split_head and n > 1
+        channels = self.backbone.out_channels
+        if self.split and channels % n:
+            raise ConfigError(
+                f"recipe field 'model.split_head': the final layer's {channels} channels do not "
+                f"divide into {n} equal task shares; change 'model.width'"
+            )
         #: embedding size of one task
-        self.dim: int = self.backbone.out_channels
+        self.dim: int = channels // n if self.split else channels
 
     @property
     def embedding_dim(self) -> int:
         """Size of ``forward(x, task=None)``: every task's embedding concatenated."""
-        return self.dim * len(self.tasks)
+        return self.dim * len(self.tasks) if (self.split or self.task_specific) else self.dim
 
     def task_slices(self) -> dict[str, tuple[int, int]]:
         """The ``[start, stop)`` columns of the concatenated embedding that each task owns."""
+        if not (self.split or self.task_specific):
+            return {t: (0, self.dim) for t in self.tasks}
         return {t: (i * self.dim, (i + 1) * self.dim) for i, t in enumerate(self.tasks)}
 
     def _check_task(self, task: str) -> None:
@@ -64,19 +87,68 @@ class Encoder(nn.Module):
                 f"unknown task '{task}': this encoder has {', '.join(self.tasks)}"
             )
 
-    def feature_map(self, x: Tensor, task: str) -> Tensor:
-        """Backbone output ``[B, C, F', T']`` for waveforms ``[B, T]``."""
+    def path_key(self, task: str) -> str:
+        """Tasks with the same key compute the same backbone output (no adapters of their own)."""
         self._check_task(task)
-        return self.backbone(self.frontend(x), task)
+        return task if self.task_specific else self.tasks[0]
+
+    def _share(self, task: str) -> slice:
+        if not self.split:
+            return slice(None)
+        i = self.tasks.index(task)
+        return slice(i * self.dim, (i + 1) * self.dim)
+
+    def full_feature_map(self, x: Tensor, task: str) -> Tensor:
+        """Backbone output ``[B, C, F', T']`` with ``task``'s adapters, before the head split."""
+        return self.backbone(self.frontend(x), self.path_key(task))
+
+    def feature_map(self, x: Tensor, task: str) -> Tensor:
+        """``task``'s share of the backbone output ``[B, D, F', T']`` for waveforms ``[B, T]``."""
+        return self.full_feature_map(x, task)[:, self._share(task)]
+
+    def pooled(self, x: Tensor, task: str) -> Tensor:
+        """Pooled backbone output ``[B, C]`` before the head split (see :meth:`select`)."""
+        return self.full_feature_map(x, task).mean(dim=(2, 3))
+
+    def select(self, pooled: Tensor, task: str) -> Tensor:
+        """``task``'s embedding from :meth:`pooled` output of the same path."""
+        return pooled[:, self._share(task)]
 
     def frames(self, x: Tensor, task: str) -> Tensor:
         """Frame features ``[B, T', D]`` (mean over the frequency axis)."""
         return self.feature_map(x, task).mean(dim=2).transpose(1, 2)
 
     def forward(self, x: Tensor, task: str | None = None) -> Tensor:
-        if task is None:
-            return torch.cat([self(x, t) for t in self.tasks], dim=1)
-        return self.feature_map(x, task).mean(dim=(2, 3))
+        if task is not None:
+            return self.select(self.pooled(x, task), task)
+        if not self.task_specific:  # one backbone pass serves every task
+            return self.pooled(x, self.tasks[0])
+        return torch.cat([self(x, t) for t in self.tasks], dim=1)
+
+    def parameter_counts(self) -> dict[str, Any]:
+        """Shared and per-task parameter counts, and the cost relative to separate networks.
+
+        ``single_network`` is a plain single-task network of this architecture (no adapters);
+        ``separate_networks`` is ``len(tasks)`` of them, the alternative to sharing;
+        ``ratio_to_separate = total / separate_networks`` and ``extra_over_single`` is the
+        fraction of one network that the task-specific parameters add.
+        """
+        per_task = task_parameter_counts(self.backbone, self.tasks)
+        total = sum(p.numel() for p in self.parameters())
+        plain = ARCHS[self.recipe.model.arch](
+            self.recipe.frontend.channels, self.recipe.model.width, "none", ("single",)
+        )
+        single = sum(p.numel() for p in plain.parameters())
+        separate = single * len(self.tasks)
+        return {
+            "total": total,
+            "shared": total - sum(per_task.values()),
+            "per_task": per_task,
+            "single_network": single,
+            "separate_networks": separate,
+            "ratio_to_separate": round(total / separate, 4),
+            "extra_over_single": round(total / single - 1.0, 4),
+        }
 
 
 def save_encoder(encoder: Encoder, path: str | Path) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from tympan.models.adapters import conv_slot, norm_slot
+from tympan.models.adapters import conv_slot, norm_slot, zero_adapters
 
 
 def _conv3x3(cin: int, cout: int, stride: int) -> nn.Conv2d:
@@ -77,6 +77,7 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        zero_adapters(self)
 
     def forward(self, x: Tensor, task: str) -> Tensor:
         x = self.pool(self.relu(self.stem_bn(self.stem_conv(x), task)))

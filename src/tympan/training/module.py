@@ -41,7 +41,7 @@ class PretrainModule(pl.LightningModule):
         self.seed = seed
         self.encoder = Encoder(recipe)
         self.tasks = nn.ModuleDict(
-            {t.name: build_task(t, self.encoder.dim) for t in recipe.tasks}
+            {t.name: build_task(t, self.encoder.dim, recipe) for t in recipe.tasks}
         )
         self.weights = {t.name: t.weight for t in recipe.tasks}
         self.views = ViewPipeline(recipe.augment)

@@ -42,7 +42,7 @@ class PretrainResult:
     clips: int
     skipped: list[dict[str, str]] = field(default_factory=list)
     wall_seconds: float = 0.0
-    parameters: dict[str, int] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -203,6 +203,8 @@ def pretrain(
         parameters={
             "encoder": count_parameters(module.encoder),
             "heads": count_parameters(module.tasks),
+            # shared vs per-task, and the cost against one network per task (MT-SLVR)
+            "encoder_breakdown": module.encoder.parameter_counts(),
         },
     )
     if trainer.is_global_zero:

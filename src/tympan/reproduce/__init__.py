@@ -1,0 +1,1 @@
+"""One-command reproductions of the seeds' comparisons on the embedded corpus."""

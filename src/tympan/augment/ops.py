@@ -25,6 +25,14 @@ from tympan.errors import ConfigError
 
 FADE_SHAPES = ("linear", "log", "exp")
 
+# Phase vocoder (pitch_shift, time_stretch): fixed sizes so that every clip of a batch shares one
+# STFT. 512 points is 32 ms at 16 kHz (31 Hz bins: fine enough for speech and music partials). The
+# hop is half a window with a sine (square-root Hann) window for both analysis and synthesis:
+# their product, Hann, overlap-adds to exactly 1 at that hop, so the inverse needs no
+# normalisation, and half-overlap is the fewest frames (~T bins per clip) that reconstructs.
+VOCODER_N_FFT = 512
+VOCODER_HOP = VOCODER_N_FFT // 2
+
 
 # ---------------------------------------------------------------------------------------------
 # pure batched functions
@@ -37,18 +45,22 @@ def white_noise(x: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor) -> t
     rescaled, so the SNR holds for the drawn noise itself, not only in expectation.
     Shapes: ``x, noise [B, T]``, ``snr_db [B]``.
     """
-    p_signal = x.square().mean(dim=1, keepdim=True)
-    p_noise = noise.square().mean(dim=1, keepdim=True).clamp_min(1e-12)
+    t = x.shape[1]
+    # mean powers as squared norms: no [B, T] temporaries
+    p_signal = torch.linalg.vector_norm(x, dim=1, keepdim=True).square() / t
+    p_noise = (torch.linalg.vector_norm(noise, dim=1, keepdim=True).square() / t).clamp_min(1e-12)
     target = p_signal / torch.pow(10.0, snr_db.unsqueeze(1) / 10.0)
-    return x + noise * torch.sqrt(target / p_noise)
+    return torch.addcmul(x, noise, torch.sqrt(target / p_noise))
 
 
 def time_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Circularly shift each clip by ``shift[b]`` samples (positive = later), i.e. ``torch.roll``
     with rollover, batched with one gather. Shapes: ``x [B, T]``, ``shift [B]`` (integer)."""
     t = x.shape[1]
-    idx = (torch.arange(t, device=x.device).unsqueeze(0) - shift.long().unsqueeze(1)) % t
-    return torch.gather(x, 1, idx)
+    # y[n] = x[(n - shift) mod t] = xx[n + t - (shift mod t)] with xx = x twice: the modulo only
+    # on the [B] shifts
+    idx = torch.arange(t, device=x.device).unsqueeze(0) + (t - shift.long() % t).unsqueeze(1)
+    return torch.gather(torch.cat((x, x), dim=1), 1, idx)
 
 
 def time_mask(x: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
@@ -66,8 +78,8 @@ def _fade_curve(p: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
     which is then mapped to 0 so every shape starts from silence.
     """
     lin = p
-    log = torch.log10(0.1 + 0.9 * p) + 1.0
-    exp = (torch.exp2(5.0 * (p - 1.0)) - 2.0**-5) / (1.0 - 2.0**-5)
+    log = torch.log10(p.mul(0.9).add_(0.1)).add_(1.0)
+    exp = torch.exp2((p - 1.0).mul_(5.0)).sub_(2.0**-5).div_(1.0 - 2.0**-5)
     s = shape.view(-1, 1)
     return torch.where(s == 0, lin, torch.where(s == 1, log, exp))
 
@@ -83,11 +95,177 @@ def fade(
     pos = torch.arange(t, device=x.device, dtype=x.dtype).unsqueeze(0)
     fin = fade_in.to(x.dtype).unsqueeze(1)
     fout = fade_out.to(x.dtype).unsqueeze(1)
-    p_in = torch.where(fin > 0, (pos / fin.clamp_min(1.0)).clamp(0.0, 1.0), torch.ones_like(pos))
-    p_out = torch.where(
-        fout > 0, ((t - 1 - pos) / fout.clamp_min(1.0)).clamp(0.0, 1.0), torch.ones_like(pos)
+    p_in = (pos / fin.clamp_min(1.0)).clamp_(0.0, 1.0).masked_fill_(fin <= 0, 1.0)
+    p_out = ((t - 1 - pos) / fout.clamp_min(1.0)).clamp_(0.0, 1.0).masked_fill_(fout <= 0, 1.0)
+    if bool((fade_in + fade_out > t).any()):  # overlapping fades: both gains at some samples
+        return x * _fade_curve(p_in, shape) * _fade_curve(p_out, shape)
+    # Otherwise at every sample one progress is exactly 1, whose gain is exactly 1 for every
+    # shape, so one curve of the smaller progress is the same product at half the cost.
+    return x * _fade_curve(torch.minimum(p_in, p_out, out=p_in), shape)
+
+
+def _vocoder_window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    n = torch.arange(VOCODER_N_FFT, device=device, dtype=torch.float64)
+    return torch.sin(math.pi * n / VOCODER_N_FFT).to(dtype)
+
+
+def _stft(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [B, T]`` -> ``spec [B, K, F]``, zero-padded so that every sample lies under the same
+    number of frames (``N / hop``); :func:`_istft` inverts it exactly. Also returns the windowed
+    frames ``[B, K, N]``, whose memory :func:`_istft` can reuse."""
+    t = x.shape[1]
+    lead = VOCODER_N_FFT - VOCODER_HOP
+    n_frames = (lead + t - 1) // VOCODER_HOP + 1
+    right = (n_frames - 1) * VOCODER_HOP + VOCODER_N_FFT - t - lead
+    padded = torch.nn.functional.pad(x, (lead, right))
+    frames = padded.unfold(1, VOCODER_N_FFT, VOCODER_HOP) * _vocoder_window(x.device, x.dtype)
+    return torch.fft.rfft(frames, dim=2), frames
+
+
+def _istft(spec: torch.Tensor, t: int, frames: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of :func:`_stft`: windowed overlap-add cropped to ``t`` samples (written through
+    ``frames`` if given). The squared window sums to ``N / (2 hop)`` under every sample, the only
+    normalisation needed."""
+    frames = torch.fft.irfft(spec, n=VOCODER_N_FFT, dim=2, out=frames)
+    overlap = VOCODER_N_FFT // VOCODER_HOP
+    frames.mul_(_vocoder_window(spec.device, frames.dtype) * (2.0 / overlap))
+    b, k, _ = frames.shape
+    chunks = frames.view(b, k, overlap, VOCODER_HOP)
+    # hop block j sums chunk r of frame j - r
+    y = torch.nn.functional.pad(chunks[:, :, 0], (0, 0, 0, overlap - 1))
+    for r in range(1, overlap):
+        y[:, r : r + k] += chunks[:, :, r]
+    lead = VOCODER_N_FFT - VOCODER_HOP
+    return y.view(b, -1)[:, lead : lead + t]
+
+
+def phase_vocoder(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    """Change each clip's tempo by ``rate[b]`` keeping its pitch (librosa's phase vocoder, batched
+    with a rate per clip). Output sample ``n`` follows input sample ``n * rate[b]``.
+
+    One STFT of the whole batch (:data:`VOCODER_N_FFT`, :data:`VOCODER_HOP`). Output frame ``k`` of
+    clip ``b`` reads input frame ``t = k * rate[b]``: its magnitude is interpolated linearly between
+    frames ``floor(t)`` and ``floor(t) + 1``, and its phase is the previous output frame's phase
+    advanced by the phase difference between those two input frames. Phases are carried as unit
+    phasors, so accumulating them is one ``cumprod`` over frames (no angles, sines or cosines).
+    Frames read past the clip's end are silent. The output has the input's length ``T``.
+    Shapes: ``x [B, T]``, ``rate [B]``.
+    """
+    b, t = x.shape
+    spec, frames = _stft(x)  # [B, K, F]
+    n_frames, n_bins = spec.shape[1], spec.shape[2]
+    # The tiny real offset gives a silent bin phase 0 instead of 0/0, so silence cannot zero the
+    # phasor product; it is far below any audible level, and its square is a normal float32.
+    re_im = torch.view_as_real(spec.add_(1e-18))
+    mag = re_im[..., 0].square().addcmul_(re_im[..., 1], re_im[..., 1])  # |S|^2 for now
+    inv_mag = mag.rsqrt()
+    mag.mul_(inv_mag)  # |S|
+    unit = spec.mul_(inv_mag)  # S / |S|
+    # steps[:, 0] is frame 0's phase, steps[:, j] the advance from frame j - 1 to frame j
+    steps = torch.empty_like(unit)
+    steps[:, :1] = unit[:, :1]
+    torch.mul(unit[:, 1:], unit[:, :-1].conj(), out=steps[:, 1:])
+
+    # frame k is centred on sample (k - c) * hop; anchor the time map at sample 0
+    c = (VOCODER_N_FFT // 2 - VOCODER_HOP) / VOCODER_HOP
+    k = torch.arange(n_frames, device=x.device, dtype=torch.float64)
+    pos = ((k - c) * rate.to(torch.float64).unsqueeze(1) + c).clamp_min(0.0)  # [B, K]
+    lo = pos.long()  # floor, pos >= 0
+    frac = (pos - lo).to(x.dtype)
+    w_lo = ((1.0 - frac) * (lo < n_frames)).unsqueeze(2)  # silent past the clip's end
+    w_hi = (frac * (lo + 1 < n_frames)).unsqueeze(2)
+    rows = (torch.arange(b, device=x.device) * n_frames).unsqueeze(1)
+    flat = mag.view(b * n_frames, n_bins)
+    lo_rows = (rows + lo.clamp(max=n_frames - 1)).view(-1)
+    hi_rows = (rows + (lo + 1).clamp(max=n_frames - 1)).view(-1)
+    out_mag = torch.index_select(flat, 0, lo_rows, out=inv_mag.view(b * n_frames, n_bins))
+    out_mag = out_mag.view(b, n_frames, n_bins).mul_(w_lo)
+    out_mag.addcmul_(flat.index_select(0, hi_rows).view(b, n_frames, n_bins), w_hi)
+    # output frame 0 takes frame 0's phase; output frame k + 1 advances by the input advance
+    # from frame floor(t_k) to floor(t_k) + 1
+    step_rows = torch.cat((rows, rows + 1 + lo[:, :-1].clamp(max=n_frames - 2)), dim=1)
+    out = torch.index_select(
+        steps.view(b * n_frames, n_bins), 0, step_rows.view(-1), out=spec.view(b * n_frames, n_bins)
     )
-    return x * _fade_curve(p_in, shape) * _fade_curve(p_out, shape)
+    out = out.view(b, n_frames, n_bins).cumprod_(dim=1).mul_(out_mag)
+    return _istft(out, t, frames)
+
+
+def time_stretch(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    """Change each clip's tempo by ``rate[b]`` (``> 1`` faster) keeping its pitch.
+
+    :func:`phase_vocoder`. The batch stays ``[B, T]``: a slowed clip (``rate < 1``, naturally
+    ``T / rate`` long) is cropped to its first ``T`` samples, a sped-up clip is zero-padded at the
+    end. Shapes: ``x [B, T]``, ``rate [B]``.
+    """
+    return phase_vocoder(x, rate)
+
+
+def _lowpass(x: torch.Tensor, cutoff: torch.Tensor) -> torch.Tensor:
+    """Keep each clip's band below ``cutoff[b]`` times Nyquist (FFT mask, linear taper over the
+    top 2% of the kept band). Shapes: ``x [B, T]``, ``cutoff [B]``."""
+    t = x.shape[1]
+    spec = torch.fft.rfft(x, dim=1)
+    f = torch.linspace(0.0, 1.0, spec.shape[1], device=x.device, dtype=x.dtype)
+    c = cutoff.to(x.dtype).unsqueeze(1)
+    gain = (c - f).div_(0.02 * c).clamp_(0.0, 1.0)
+    return torch.fft.irfft(spec.mul_(gain), n=t, dim=1)
+
+
+def _read(x: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """Resample by reading ``y[m] = x(m * ratio[b])`` for ``m < T``, interpolating linearly; zero
+    past the clip's end. ``ratio = 1`` returns ``x`` exactly. Anti-aliasing before reading faster
+    than 1 is the caller's (:func:`_lowpass`). Shapes: ``x [B, T]``, ``ratio [B]``."""
+    t = x.shape[1]
+    padded = torch.nn.functional.pad(x, (0, 2))  # reads at or past the end see zeros
+    pos = torch.arange(t, device=x.device, dtype=torch.float64) * ratio.to(torch.float64).unsqueeze(1)
+    lo = pos.long().clamp_(max=t)  # floor, pos >= 0
+    frac = pos.sub_(lo).to(x.dtype)
+    return torch.gather(padded, 1, lo).lerp_(torch.gather(padded[:, 1:], 1, lo), frac)
+
+
+def pitch_shift(x: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
+    """Transpose each clip by ``semitones[b]`` keeping its length and tempo.
+
+    librosa's definition: a :func:`phase_vocoder` stretch by rate ``1 / s`` and a resampling by
+    ``s = 2^(n/12)``, so that the pitch moves by ``s`` and the duration does not. The order is
+    chosen per clip so that no intermediate signal is longer than ``T`` (librosa's order, stretch
+    first, takes a clip shifted up by 15 semitones through 2.4 times its length): a clip shifted
+    up is low-passed to ``1 / s`` of Nyquist, read ``s`` times faster (``T / s`` samples) and then
+    slowed down; a clip shifted down is sped up (``T s`` samples) and then read ``s`` times
+    slower. Both resamplings run on the whole batch, as the identity for clips of the other
+    direction, so the batch is never split. Shapes: ``x [B, T]``, ``semitones [B]``.
+    """
+    s = torch.exp2(semitones.to(torch.float64) / 12.0)
+    up = s.clamp(min=1.0)
+    y = _read(_lowpass(x, 1.0 / up), up)
+    y = phase_vocoder(y, 1.0 / s)
+    return _read(y, s.clamp(max=1.0))
+
+
+def coloured_noise(noise: torch.Tensor, f_decay: torch.Tensor) -> torch.Tensor:
+    """Shape white noise so that its power spectrum goes as ``1 / f^d``, ``d = f_decay[b]``.
+
+    Each clip's rfft is multiplied by ``f^(-d/2)`` (``f`` the bin index; the unit cancels in
+    the SNR scaling); the DC bin, where ``1/f^d`` diverges for ``d > 0``, is zeroed so the noise
+    has no offset. ``d = 0`` white, 1 pink, 2 brown, negative blue / violet.
+    Shapes: ``noise [B, T]``, ``f_decay [B]``.
+    """
+    t = noise.shape[1]
+    spec = torch.fft.rfft(noise, dim=1)
+    k = torch.arange(spec.shape[1], device=noise.device, dtype=noise.dtype)
+    log_k = torch.log(k.clamp_min(1.0)).unsqueeze(0)
+    gain = (-0.5 * f_decay.to(noise.dtype)).unsqueeze(1).mul(log_k).exp_()  # k^(-d/2)
+    gain[:, 0] = 0.0
+    return torch.fft.irfft(spec.mul_(gain), n=t, dim=1)
+
+
+def mixed_noise(
+    x: torch.Tensor, noise: torch.Tensor, f_decay: torch.Tensor, snr_db: torch.Tensor
+) -> torch.Tensor:
+    """Add white ``noise`` coloured to ``1 / f^d`` (:func:`coloured_noise`) at exactly
+    ``snr_db[b]`` (:func:`white_noise`). Shapes: ``x, noise [B, T]``, ``f_decay, snr_db [B]``."""
+    return white_noise(x, coloured_noise(noise, f_decay), snr_db)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,9 +418,71 @@ class Fade(AugmentOp):
         return fade(x, params["fade_in"], params["fade_out"], params["shape"])
 
 
-#: every op by name; MT-SLVR's issue adds pitch_shift, mixed_noise and time_stretch here
+class PitchShift(AugmentOp):
+    """Transpose by semitones drawn uniformly in ``semitones`` (seed: -15 to 15), length kept."""
+
+    name = "pitch_shift"
+    defaults = {"semitones": [-15.0, 15.0]}
+
+    def check(self) -> None:
+        self._range("semitones", -36.0, 36.0)
+
+    def sample(self, n, num_samples, g, device):
+        lo, hi = self._range("semitones", -36.0, 36.0)
+        return {"semitones": _uniform(n, lo, hi, g, device)}
+
+    def apply(self, x, params):
+        return pitch_shift(x, params["semitones"])
+
+
+class TimeStretch(AugmentOp):
+    """Tempo change by a rate drawn uniformly in ``rate`` (seed: 0.5 to 1.5; > 1 faster), pitch
+    kept; slowed clips are cropped and sped-up clips zero-padded to the batch length."""
+
+    name = "time_stretch"
+    defaults = {"rate": [0.5, 1.5]}
+
+    def check(self) -> None:
+        self._range("rate", 0.1, 10.0)
+
+    def sample(self, n, num_samples, g, device):
+        lo, hi = self._range("rate", 0.1, 10.0)
+        return {"rate": _uniform(n, lo, hi, g, device)}
+
+    def apply(self, x, params):
+        return time_stretch(x, params["rate"])
+
+
+class MixedNoise(AugmentOp):
+    """Coloured ``1/f^d`` noise with ``d`` drawn uniformly in ``f_decay`` (seed: -2 to 2) at an
+    SNR drawn uniformly in ``snr_db`` (seed: 3–30 dB)."""
+
+    name = "mixed_noise"
+    defaults = {"f_decay": [-2.0, 2.0], "snr_db": [3.0, 30.0]}
+
+    def check(self) -> None:
+        self._range("f_decay", -4.0, 4.0)
+        self._range("snr_db", -100.0, 200.0)
+
+    def sample(self, n, num_samples, g, device):
+        d_lo, d_hi = self._range("f_decay", -4.0, 4.0)
+        s_lo, s_hi = self._range("snr_db", -100.0, 200.0)
+        return {
+            "f_decay": _uniform(n, d_lo, d_hi, g, device),
+            "snr_db": _uniform(n, s_lo, s_hi, g, device),
+            "noise": torch.randn(n, num_samples, generator=g, device=device),
+        }
+
+    def apply(self, x, params):
+        return mixed_noise(
+            x, params["noise"].to(x.dtype), params["f_decay"], params["snr_db"].to(x.dtype)
+        )
+
+
+#: every op by name
 OPS: dict[str, type[AugmentOp]] = {
-    op.name: op for op in (Fade, WhiteNoise, TimeMask, TimeShift)
+    op.name: op
+    for op in (PitchShift, Fade, WhiteNoise, MixedNoise, TimeMask, TimeShift, TimeStretch)
 }
 
 

@@ -181,19 +181,48 @@ def _newton_dual(
     return a, b
 
 
-def readout_accuracy(
+@dataclass
+class Readout:
+    """The batched linear readout of a set of episodes, fitted on their support sets.
+
+    ``weight [E, D, K]`` and ``bias [E, K]`` (float64) are each episode's classifier on the
+    L2-normalised embeddings; ``query [E, Q, D]`` and ``query_labels [E, Q]`` are the episodes'
+    query sets in that same space. Shared by :func:`readout_accuracy` and the head-weight
+    analysis (:mod:`tympan.analysis.head_weights`), so both read the same classifiers.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    query: torch.Tensor
+    query_labels: torch.Tensor
+
+    def accuracy(self) -> np.ndarray:
+        """Per-episode query accuracy ``[E]``."""
+        pred = torch.baddbmm(self.bias.unsqueeze(1), self.query, self.weight).argmax(dim=2)
+        return (pred == self.query_labels).double().mean(dim=1).cpu().numpy()
+
+
+def fit_readout(
     embeddings: np.ndarray, episodes: Episodes, C: float = 1.0, max_iter: int = 50,
     device: str | torch.device = "cpu",
-) -> np.ndarray:
-    """Per-episode query accuracy of the batched linear readout on L2-normalised embeddings."""
+) -> Readout:
+    """L2-normalise ``embeddings [N, D]``, gather each episode's support and query sets and fit
+    every episode's logistic readout at once (:func:`fit_logistic_batched`)."""
     emb = F.normalize(torch.as_tensor(embeddings, dtype=torch.float64, device=device), dim=1)
     xs, xq = emb[torch.as_tensor(episodes.support)], emb[torch.as_tensor(episodes.query)]
     e = xs.shape[0]
     ys = torch.as_tensor(episodes.support_labels, device=device).expand(e, -1)
     yq = torch.as_tensor(episodes.query_labels, device=device).expand(e, -1)
     w, b = fit_logistic_batched(xs, ys, episodes.ways, C=C, max_iter=max_iter)
-    pred = torch.baddbmm(b.unsqueeze(1), xq, w).argmax(dim=2)
-    return (pred == yq).double().mean(dim=1).cpu().numpy()
+    return Readout(weight=w, bias=b, query=xq, query_labels=yq)
+
+
+def readout_accuracy(
+    embeddings: np.ndarray, episodes: Episodes, C: float = 1.0, max_iter: int = 50,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Per-episode query accuracy of the batched linear readout on L2-normalised embeddings."""
+    return fit_readout(embeddings, episodes, C=C, max_iter=max_iter, device=device).accuracy()
 
 
 @dataclass

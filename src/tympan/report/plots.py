@@ -69,3 +69,46 @@ def plot_fewshot(results: Sequence[dict[str, Any]], out_png: str | Path) -> Path
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_invariance_heatmap(table: Any, path: str | Path, *, title: str | None = None) -> Path:
+    """Heatmap of an invariance table: rows heads (tasks), columns ops then the average, each
+    cell annotated with its mean Mahalanobis distance (MT-SLVR, "Ablation Studies" / "Learnt
+    Invariance"; lower = more invariant, drawn lighter).
+
+    ``table`` is a :class:`tympan.analysis.invariance.InvarianceTable` or its ``to_json()`` dict,
+    or a plain ``{head: {op: value}}`` mapping.
+    """
+    if hasattr(table, "to_json"):
+        table = table.to_json()
+    if isinstance(table, dict) and "distances" in table:
+        rows = list(table.get("tasks") or table["distances"])
+        cols = list(table.get("ops") or []) + ["avg"]
+        data = table["distances"]
+    else:
+        data = dict(table)
+        rows = list(data)
+        cols = list(dict.fromkeys(c for r in rows for c in data[r]))
+    values = [[float(data[r].get(c, float("nan"))) for c in cols] for r in rows]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.0 * len(cols), 1.2 + 0.55 * len(rows)))
+    im = ax.imshow(values, cmap="magma_r", aspect="auto")
+    finite = [v for row in values for v in row if v == v]
+    mid = (min(finite) + max(finite)) / 2 if finite else 0.0
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            text = "-" if v != v else f"{v:.2f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if v == v and v > mid else "black")
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels([("Avg" if c == "avg" else c) for c in cols], rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(rows)
+    ax.set_title(title or "Mahalanobis distance original → augmented (lower = more invariant)",
+                 fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -20,6 +20,7 @@ from typing import Any
 
 from tympan.config import load_recipe, packaged_recipes
 from tympan.data.corpora import synth_corpus
+from tympan.errors import TympanError
 from tympan.evaluation.features import resolve_model
 from tympan.evaluation.fewshot import FewShotBench, FewShotResult
 from tympan.evaluation.metrics import intervals_overlap
@@ -28,8 +29,9 @@ from tympan.report.plots import plot_fewshot
 from tympan.training.pretrain import LAST_CKPT, PretrainResult, pretrain
 
 __all__ = [
-    "demo", "embed", "fewshot", "load_encoder", "load_recipe", "packaged_recipes", "pretrain",
-    "synth_corpus", "FewShotResult", "PretrainResult",
+    "analyze_head_weights", "analyze_invariance", "demo", "embed", "fewshot", "load_encoder",
+    "load_recipe", "packaged_recipes", "pretrain", "synth_corpus", "FewShotResult",
+    "PretrainResult",
 ]
 
 log = logging.getLogger("tympan")
@@ -122,6 +124,131 @@ def embed(
         "dim": int(emb.shape[1]), "tasks": {t: list(v) for t, v in slices.items()},
         "skipped": report.skipped, "split": split,
     }
+
+
+def _analysis_dir(model: str | Path, out: str | Path | None) -> Path:
+    """``out``, else ``RUN/analysis`` for a run directory (baselines have no folder of their own)."""
+    if out is not None:
+        return Path(out)
+    if Path(model).is_dir():
+        return Path(model) / "analysis"
+    raise TympanError(f"--model {model} is not a run directory: give --out for its analysis files")
+
+
+def analyze_invariance(
+    model: str | Path,
+    data: str | Path,
+    *,
+    out: str | Path | None = None,
+    split: str | None = None,
+    ops: list[str] | None = None,
+    num_clips: int = 256,
+    seed: int = 0,
+    recipe: str | Path | None = None,
+    skip_bad: bool = False,
+    batch_size: int = 64,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """MT-SLVR's learnt-invariance table of ``model`` on ``data`` (seed 000, "Ablation Studies" /
+    "Learnt Invariance"): the mean Mahalanobis distance between the embeddings of original and
+    augmented clips, per augmentation and per head (:mod:`tympan.analysis.invariance`).
+
+    Writes ``invariance.json``, ``invariance.md`` and the heatmap ``invariance.png`` into ``out``
+    (default ``RUN/analysis``) and returns the JSON record with ``markdown`` and file paths.
+    """
+    from tympan.analysis.invariance import format_invariance, invariance_report, load_clips
+    from tympan.report.plots import plot_invariance_heatmap
+
+    folder = _analysis_dir(model, out)
+    encoder = resolve_model(model, recipe, seed=seed)
+    clips = load_clips(data, split, encoder.sample_rate, num_clips, seed, skip_bad,
+                       progress=progress)
+    table = invariance_report(encoder, clips.audio, ops=ops, num_clips=num_clips, seed=seed,
+                              batch_size=batch_size, device=device, progress=progress)
+    text = format_invariance(table, show_ci=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"model": str(model), "data": str(data), "split": split, **table.to_json(),
+              "skipped": clips.skipped}
+    (folder / "invariance.json").write_text(json.dumps(record, indent=2))
+    (folder / "invariance.md").write_text(
+        f"# Learnt invariance of {model}\n\nMean Mahalanobis distance between the embeddings of "
+        f"{table.num_clips} original and augmented clips of {data} (± 95% CI over clips; lower = "
+        f"more invariant), each op applied alone.\n\n{text}\n\n![heatmap](invariance.png)\n"
+    )
+    png = plot_invariance_heatmap(table, folder / "invariance.png",
+                                  title=f"{Path(str(model)).name}: Mahalanobis distance "
+                                        "(lower = more invariant)")
+    return {**record, "markdown": text, "files": {
+        "json": str(folder / "invariance.json"), "md": str(folder / "invariance.md"),
+        "png": str(png)}}
+
+
+def analyze_head_weights(
+    model: str | Path,
+    data: list[str | Path],
+    *,
+    out: str | Path | None = None,
+    split: str | None = "test",
+    ways: int = 5,
+    shots: int = 1,
+    queries: int = 15,
+    episodes: int = 600,
+    seed: int = 0,
+    recipe: str | Path | None = None,
+    skip_bad: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Mean absolute weight that the few-shot linear readout puts on each head's features, per
+    dataset (seed 000, "Ablation Studies" / "Feature Selection"; :mod:`tympan.analysis.head_weights`).
+
+    The episodes and readouts are those of ``tympan fewshot`` with the same settings. Writes
+    ``head_weights.json`` and ``head_weights.md`` into ``out`` (default ``RUN/analysis``).
+    """
+    from tympan.analysis.head_weights import format_head_weights, head_weights
+
+    if not data:
+        raise TympanError("--data: give at least one manifest or class folder")
+    folder = _analysis_dir(model, out)
+    encoder = resolve_model(model, recipe, seed=seed)
+    slices = encoder.task_slices()
+    results, skipped = {}, {}
+    for d in data:
+        bench = FewShotBench(d, split, skip_bad=skip_bad, progress=progress)
+        emb = bench.embed(encoder, device=device)
+        report = bench.clips(encoder.sample_rate)
+        name = _dataset_name(d, split, results)
+        results[name] = head_weights(
+            emb, [it.label for it in report.items], slices, ways=ways, shots=shots,
+            queries=queries, episodes=episodes, seed=seed, C=encoder.recipe.fewshot.C,
+            max_iter=encoder.recipe.fewshot.readout_max_iter,
+        )
+        skipped[name] = report.skipped
+    text = format_head_weights(results, show_ci=True)
+    record = {"model": str(model), "split": split,
+              "datasets": {k: v.to_json() for k, v in results.items()}, "skipped": skipped}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "head_weights.json").write_text(json.dumps(record, indent=2))
+    (folder / "head_weights.md").write_text(
+        f"# Few-shot readout weight per head of {model}\n\nMean |weight| per column of each "
+        f"head's features in the {ways}-way {shots}-shot linear readouts ({episodes} episodes, "
+        f"± 95% CI over episodes); a larger value means the classifier leans on that head.\n\n"
+        f"{text}\n"
+    )
+    return {**record, "markdown": text, "files": {
+        "json": str(folder / "head_weights.json"), "md": str(folder / "head_weights.md")}}
+
+
+def _dataset_name(data: str | Path, split: str | None, taken: dict[str, Any]) -> str:
+    """A short unique row name: the manifest's folder (and split)."""
+    p = Path(data)
+    base = (p.parent.name if p.suffix == ".csv" else p.name) or str(data)
+    name = f"{base}/{split}" if split else base
+    i = 2
+    while name in taken:
+        name, i = f"{base}/{split or 'all'} ({i})", i + 1
+    return name
 
 
 def format_table(results: list[dict[str, Any]]) -> str:

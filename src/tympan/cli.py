@@ -118,6 +118,35 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from tympan import api
+
+    if args.analysis == "invariance":
+        summary = api.analyze_invariance(
+            args.run, args.data, out=args.out, split=args.split, ops=args.ops,
+            num_clips=args.num_clips, seed=args.seed, recipe=args.recipe, skip_bad=args.skip_bad,
+            batch_size=args.batch_size, device=args.device, progress=not args.quiet,
+        )
+        _report_skipped(summary["skipped"])
+        print(f"Mahalanobis distance original -> augmented, {summary['num_clips']} clips "
+              f"(lower = more invariant; ± 95% CI)")
+    else:
+        summary = api.analyze_head_weights(
+            args.run, args.data, out=args.out, split=args.split, ways=args.ways,
+            shots=args.shots, queries=args.queries, episodes=args.episodes, seed=args.seed,
+            recipe=args.recipe, skip_bad=args.skip_bad, device=args.device,
+            progress=not args.quiet,
+        )
+        for skipped in summary["skipped"].values():
+            _report_skipped(skipped)
+        print(f"mean |weight| of the {args.ways}-way {args.shots}-shot readout on each head's "
+              f"features (± 95% CI over {args.episodes} episodes)")
+    print(summary["markdown"])
+    print("written to " + ", ".join(summary["files"].values()))
+    _write_json(args.json, {k: v for k, v in summary.items() if k != "markdown"})
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from tympan.reproduce.mtslvr import VARIANTS, reproduce_mtslvr
 
@@ -223,6 +252,43 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write the summary JSON here")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_embed)
+
+    a = sub.add_parser("analyze", help="diagnose a trained encoder (invariance, head weights)")
+    asub = a.add_subparsers(dest="analysis", required=True)
+    ai = asub.add_parser(
+        "invariance", help="Mahalanobis distance original -> augmented, per op and head",
+        description="MT-SLVR's learnt-invariance table: for each augmentation applied alone and "
+                    "each head, the mean Mahalanobis distance between the embeddings of the "
+                    "original and augmented clips (lower = more invariant). Writes JSON, "
+                    "Markdown and a heatmap PNG.",
+    )
+    ah = asub.add_parser(
+        "head-weights", help="few-shot readout weight on each head's features, per dataset",
+        description="MT-SLVR's feature-selection analysis: the mean absolute weight of the "
+                    "few-shot linear readouts on each head's columns, per dataset.",
+    )
+    for q in (ai, ah):
+        q.add_argument("run", help="run directory, 'random' or 'logmel'")
+        q.add_argument("--out", help="output folder (default: RUN/analysis)")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--recipe", help="architecture for 'random'/'logmel' (default: simclr)")
+        q.add_argument("--skip-bad", action="store_true", help="skip unreadable audio and report it")
+        q.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+        q.add_argument("--json", help="also write the summary JSON here")
+        q.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        q.set_defaults(func=cmd_analyze)
+    ai.add_argument("--data", required=True, help="manifest CSV or class-folder")
+    ai.add_argument("--split", help="default: 'pretrain' if the manifest has it, else all clips")
+    ai.add_argument("--ops", nargs="+", help="augmentations to measure (default: the recipe's)")
+    ai.add_argument("--num-clips", type=int, default=256)
+    ai.add_argument("--batch-size", type=int, default=64)
+    ah.add_argument("--data", required=True, action="append", metavar="MANIFEST",
+                    help="a few-shot dataset (repeatable: one table row each)")
+    ah.add_argument("--split", default="test")
+    ah.add_argument("--ways", type=int, default=5)
+    ah.add_argument("--shots", type=int, default=1)
+    ah.add_argument("--queries", type=int, default=15)
+    ah.add_argument("--episodes", type=int, default=600)
 
     rp = sub.add_parser("reproduce", help="re-run a seed paper's comparison on the embedded corpus")
     rp.add_argument("paper", choices=["mtslvr"])

@@ -112,3 +112,50 @@ def plot_invariance_heatmap(table: Any, path: str | Path, *, title: str | None =
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+_METRIC_LABELS = {"roc_auc": "ROC-AUC", "map": "mAP", "accuracy": "accuracy"}
+
+
+def plot_limited_data(result: Any, out_png: str | Path) -> Path:
+    """Test metric against training fraction (log x, in percent), one line per model, error bars
+    the standard deviation over the random training subsets; one panel per metric (ROC-AUC and
+    mAP for tagging, accuracy for classification). The seed's "Limited Data Music Tagging"
+    figure (``../shared/seeds/003_302de149e7ba2620.txt``, Fig. 2), with the full training set as
+    the 100% point.
+
+    ``result`` is one :func:`tympan.evaluation.probes.limited_data` result or a mapping
+    ``{model name: result}``.
+    """
+    results = {"probe": result} if isinstance(result, dict) and "fractions" in result else result
+    results = dict(results)
+    metrics = list(dict.fromkeys(m for r in results.values() for m in r["metrics"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.5), squeeze=False)
+    ticks = sorted({100 * float(f["fraction"]) for r in results.values() for f in r["fractions"]})
+    for ax, metric in zip(axes[0], metrics):
+        for name, r in results.items():
+            pts = sorted(
+                (100 * float(f["fraction"]), f["mean"].get(metric), f["std"].get(metric))
+                for f in r["fractions"] if f["mean"].get(metric) is not None
+            )
+            if not pts:
+                continue
+            xs, ys, es = zip(*pts)
+            es = [0.0 if e is None or e != e else e for e in es]
+            ax.errorbar(xs, ys, yerr=es, marker="o", markersize=4, capsize=3, linewidth=1.2,
+                        label=name)
+        ax.set_xscale("log")
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}%" for t in ticks])
+        ax.minorticks_off()
+        ax.set(xlabel="training set used", ylabel=f"test {_METRIC_LABELS.get(metric, metric)}",
+               title=f"limited data: {_METRIC_LABELS.get(metric, metric)}")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -19,17 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from tympan.config import load_recipe, packaged_recipes
-from tympan.data.corpora import synth_corpus
+from tympan.data.corpora import ensure_corpus, synth_corpus
+from tympan.data.music import synth_music
 from tympan.errors import TympanError
 from tympan.evaluation.features import resolve_model
 from tympan.evaluation.fewshot import FewShotBench, FewShotResult
 from tympan.evaluation.metrics import intervals_overlap
-from tympan.models.encoder import ENCODER_FILE, load_encoder
+from tympan.models.encoder import load_encoder
 from tympan.report.plots import plot_fewshot
-from tympan.training.pretrain import LAST_CKPT, PretrainResult, pretrain
+from tympan.training.pretrain import PretrainResult, pretrain, pretrain_or_reuse
 
 __all__ = [
-    "analyze_head_weights", "analyze_invariance", "demo", "embed", "fewshot", "load_encoder",
+    "analyze_head_weights", "analyze_invariance", "demo", "probe", "synth_music", "embed", "fewshot", "load_encoder",
     "load_recipe", "packaged_recipes", "pretrain", "synth_corpus", "FewShotResult",
     "PretrainResult",
 ]
@@ -124,6 +125,58 @@ def embed(
         "dim": int(emb.shape[1]), "tasks": {t: list(v) for t, v in slices.items()},
         "skipped": report.skipped, "split": split,
     }
+
+
+def probe(
+    model: str | Path,
+    data: str | Path,
+    *,
+    out: str | Path | None = None,
+    task: str = "tagging",
+    kind: str = "linear",
+    limited: bool = False,
+    draws: int = 4,
+    seed: int = 0,
+    recipe: str | Path | None = None,
+    skip_bad: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    **probe_params: Any,
+) -> dict[str, Any]:
+    """Train a linear or MLP probe on ``model``'s frozen, track-averaged embeddings of ``data``
+    (train/val/test splits) and score it: macro ROC-AUC and mAP for ``task="tagging"``, accuracy
+    for ``"classification"``, each the bootstrap mean ± std (multi-view tagging seed 003, "3.2").
+    ``limited`` adds the seed's limited-data curve (1/5/10/20% of train, ``draws`` subsets each)
+    and its plot. Writes ``probe.json``, ``probe.md`` (and ``limited_data.png``) into ``out``.
+    """
+    from tympan.evaluation.downstream import ProbeBench
+    from tympan.report.plots import plot_limited_data
+    from tympan.report.tables import format_probe_table
+
+    bench = ProbeBench(data, task, skip_bad=skip_bad, progress=progress)
+    encoder = resolve_model(model, recipe, seed=seed)
+    res = bench.run(bench.embed(encoder, device=device), kind=kind, limited=limited,
+                    draws=draws, seed=seed, device=device, **probe_params)
+    name = Path(str(model)).name or str(model)
+    table = format_probe_table({name: res["probe"]})
+    record = {"model": str(model), "data": str(data), "task": task, "kind": kind, **res,
+              "skipped": bench.skipped}
+    files = {}
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        text = (f"# {kind} probe of {model} on {data} ({task})\n\n"
+                f"Bootstrap mean ± std over {res['probe']['bootstrap']['draws']} draws of "
+                f"{res['probe']['bootstrap']['fraction']:.0%} of the test set, without "
+                f"replacement.\n\n{table}\n")
+        if res["limited_data"] is not None:
+            files["png"] = str(plot_limited_data({name: res["limited_data"]},
+                                                 folder / "limited_data.png"))
+            text += "\n![limited data](limited_data.png)\n"
+        (folder / "probe.json").write_text(json.dumps(record, indent=2))
+        (folder / "probe.md").write_text(text)
+        files.update(json=str(folder / "probe.json"), md=str(folder / "probe.md"))
+    return {**record, "table": table, "files": files}
 
 
 def _analysis_dir(model: str | Path, out: str | Path | None) -> Path:
@@ -285,19 +338,13 @@ def demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    manifest = out / "corpus" / "manifest.csv"
-    if not manifest.is_file():
-        log.info("generating the embedded corpus in %s", manifest.parent)
-        synth_corpus(manifest.parent, seed=seed, progress=progress)
+    manifest = ensure_corpus(out / "corpus", seed=seed, progress=progress)
     corpus_s = time.time() - started
 
     run = out / "simclr"
     t0 = time.time()
-    if not (run / ENCODER_FILE).is_file():
-        resume = (run / "checkpoints" / LAST_CKPT).is_file()
-        log.info("pretraining SimCLR (%s) in %s%s", recipe, run, " (resuming)" if resume else "")
-        pretrain(recipe, manifest, run, max_steps=max_steps, resume=resume, seed=seed,
-                 progress=progress)
+    pretrain_or_reuse(recipe, manifest, run, label=f"SimCLR ({recipe})", max_steps=max_steps,
+                      seed=seed, progress=progress)
     pretrain_s = time.time() - t0
 
     t0 = time.time()

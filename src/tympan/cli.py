@@ -37,10 +37,36 @@ def _write_json(path: str | None, payload: Any) -> None:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from tympan.data.corpora import synth_corpus
+    if args.corpus_command == "synth-music":
+        from tympan.data.music import synth_music as make
+    else:
+        from tympan.data.corpora import synth_corpus as make
 
-    manifest = synth_corpus(args.out, seed=args.seed, scale=args.scale, progress=not args.quiet)
+    manifest = make(args.out, seed=args.seed, scale=args.scale, progress=not args.quiet)
     print(f"wrote {manifest}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from tympan.api import probe
+
+    res = probe(
+        args.model, args.data, out=args.out, task=args.task, kind=args.kind,
+        limited=args.limited_data, draws=args.draws, seed=args.seed, recipe=args.recipe,
+        skip_bad=args.skip_bad, device=args.device, progress=not args.quiet,
+        **({"max_epochs": args.epochs} if args.epochs else {}),
+    )
+    _report_skipped(res["skipped"])
+    print(res["summary"])
+    print(res["table"])
+    curve = res["limited_data"]
+    if curve is not None:
+        for row in curve["fractions"]:
+            cells = ", ".join(f"{k} {v:.4f}" for k, v in row["mean"].items())
+            print(f"  {100 * row['fraction']:g}% of train (n={row['n_train'][0]}): {cells}")
+    if res["files"]:
+        print("written to " + ", ".join(res["files"].values()))
+    _write_json(args.json, {k: v for k, v in res.items() if k != "table"})
     return 0
 
 
@@ -148,24 +174,35 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from tympan.reproduce.mtslvr import VARIANTS, reproduce_mtslvr
+    out = args.out or f"runs/reproduce_{args.paper}"
+    if args.paper == "multiview":
+        from tympan.reproduce.multiview import METHODS, reproduce_multiview
 
-    if args.paper != "mtslvr":  # argparse choices already restrict this
-        raise TympanError(f"unknown reproduction '{args.paper}'")
-    names = {v.name for v in VARIANTS} | {v.slug for v in VARIANTS}
-    bad = [v for v in args.variants or [] if v not in names]
-    if bad:
-        raise TympanError(
-            f"--variants {bad[0]}: unknown; choose from {', '.join(v.slug for v in VARIANTS)}"
+        bad = [m for m in args.methods or [] if m not in METHODS]
+        if bad:
+            raise TympanError(f"--methods {bad[0]}: unknown; choose from {', '.join(METHODS)}")
+        summary = reproduce_multiview(
+            out, data=args.data, quick=args.quick,
+            methods=tuple(args.methods) if args.methods else None, max_steps=args.max_steps,
+            limited=not args.no_limited_data, seed=args.seed, progress=not args.quiet,
         )
-    summary = reproduce_mtslvr(
-        args.out, data=args.data, eval_data=args.eval_data, quick=args.quick,
-        families=tuple(args.families), variants=tuple(args.variants) if args.variants else None,
-        max_steps=args.max_steps, episodes=args.episodes, seed=args.seed,
-        progress=not args.quiet,
-    )
+    else:
+        from tympan.reproduce.mtslvr import VARIANTS, reproduce_mtslvr
+
+        names = {v.name for v in VARIANTS} | {v.slug for v in VARIANTS}
+        bad = [v for v in args.variants or [] if v not in names]
+        if bad:
+            raise TympanError(
+                f"--variants {bad[0]}: unknown; choose from {', '.join(v.slug for v in VARIANTS)}"
+            )
+        summary = reproduce_mtslvr(
+            out, data=args.data, eval_data=args.eval_data, quick=args.quick,
+            families=tuple(args.families), variants=tuple(args.variants) if args.variants else None,
+            max_steps=args.max_steps, episodes=args.episodes, seed=args.seed,
+            progress=not args.quiet,
+        )
     print(summary["markdown"])
-    print(f"written to {Path(args.out) / 'results.md'} and results.json")
+    print(f"written to {Path(out) / 'results.md'} and results.json")
     return 0
 
 
@@ -198,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'tiny' is for tests (default: full)")
     cs.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cs.set_defaults(func=cmd_corpus)
+    cm = csub.add_parser("synth-music", help="procedural multi-instrument music corpus, multi-label "
+                                             "tags (WAV + manifest.csv)")
+    cm.add_argument("out", help="output folder")
+    cm.add_argument("--seed", type=int, default=0)
+    cm.add_argument("--scale", default="full", choices=["full", "tiny"],
+                    help="'full': 144 tracks of 30 s; 'tiny': 18 tracks of 20 s, for tests")
+    cm.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    cm.set_defaults(func=cmd_corpus)
 
     r = sub.add_parser("recipes", help="list packaged recipes, or print one resolved")
     r.add_argument("name", nargs="?")
@@ -238,6 +283,30 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", help="write the result JSON here")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     f.set_defaults(func=cmd_fewshot)
+
+    pr = sub.add_parser(
+        "probe", help="linear/MLP probe on frozen embeddings: tagging (ROC-AUC, mAP) or accuracy",
+        description="Train a probe on a frozen encoder's track-averaged embeddings of the train "
+                    "split, keep the best validation-loss epoch, and score the test split with "
+                    "bootstrap mean ± std (50 draws of 50%%, without replacement).",
+    )
+    pr.add_argument("--model", required=True, help="run directory, 'random' or 'logmel'")
+    pr.add_argument("--data", required=True, help="manifest with train/val/test splits")
+    pr.add_argument("--task", default="tagging", choices=["tagging", "classification"])
+    pr.add_argument("--kind", default="linear", choices=["linear", "mlp"],
+                    help="linear (the seed's probe) or one hidden layer of 512")
+    pr.add_argument("--limited-data", action="store_true",
+                    help="also train on 1/5/10/20%% of train (4 draws each) and plot the curve")
+    pr.add_argument("--draws", type=int, default=4, help="subsets per limited-data fraction")
+    pr.add_argument("--epochs", type=int, help="probe epochs of 128 steps (default: 25)")
+    pr.add_argument("--out", help="folder for probe.json, probe.md and limited_data.png")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--recipe", help="architecture for 'random'/'logmel' (default: simclr)")
+    pr.add_argument("--skip-bad", action="store_true", help="skip unreadable audio and report it")
+    pr.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    pr.add_argument("--json", help="also write the result JSON here")
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    pr.set_defaults(func=cmd_probe)
 
     e = sub.add_parser("embed", help="embed a dataset's clips with a frozen encoder (.npz)")
     e.add_argument("--model", required=True, help="run directory, 'random' or 'logmel'")
@@ -291,16 +360,23 @@ def build_parser() -> argparse.ArgumentParser:
     ah.add_argument("--episodes", type=int, default=600)
 
     rp = sub.add_parser("reproduce", help="re-run a seed paper's comparison on the embedded corpus")
-    rp.add_argument("paper", choices=["mtslvr"])
-    rp.add_argument("--out", default="runs/reproduce_mtslvr")
+    rp.add_argument("paper", choices=["mtslvr", "multiview"],
+                    help="mtslvr: the seven MT-SLVR variants x {SimCLR, SimSiam}, few-shot; "
+                         "multiview: the five multi-view methods, tagging probes")
+    rp.add_argument("--out", help="output folder (default: runs/reproduce_PAPER)")
     rp.add_argument("--quick", action="store_true",
                     help="CPU-sized recipes (about half an hour on 2 cores)")
-    rp.add_argument("--data", help="pretraining manifest (default: generate the embedded corpus)")
+    rp.add_argument("--data", help="pretraining manifest (default: generate the embedded corpus; "
+                                   "multiview: the music corpus, also probed)")
     rp.add_argument("--eval-data", action="append", metavar="MANIFEST",
                     help="another few-shot dataset (its 'test' split; repeatable)")
     rp.add_argument("--families", nargs="+", default=["simclr", "simsiam"],
                     choices=["simclr", "simsiam"])
-    rp.add_argument("--variants", nargs="+", help="a subset, e.g. cont_only mt_parallel")
+    rp.add_argument("--variants", nargs="+", help="mtslvr: a subset, e.g. cont_only mt_parallel")
+    rp.add_argument("--methods", nargs="+",
+                    help="multiview: a subset of contrastive byol clustering barlow_twins vicreg")
+    rp.add_argument("--no-limited-data", action="store_true",
+                    help="multiview: skip the 1/5/10/20%% training-set curves")
     rp.add_argument("--max-steps", type=int, help="override every recipe's steps")
     rp.add_argument("--episodes", type=int, default=600)
     rp.add_argument("--seed", type=int, default=0)

@@ -61,6 +61,30 @@ class ModelConfig:
     #: MT-SLVR's split head: the final layer's channels are divided equally between the tasks,
     #: each task's embedding is its own share (seed 000, "Model Variants")
     split_head: bool = False
+    #: "mean" (global average, MT-SLVR) or "attention" (attention over time frames to
+    #: ``embed_dim``, the multi-view tagging seed 003) (:mod:`tympan.models.pooling`)
+    pooling: str = "mean"
+    #: embedding size of attention pooling (seed 003: 1024); ``None`` keeps the backbone's channels
+    embed_dim: int | None = None
+
+
+@dataclass
+class ViewsConfig:
+    """Where the two views of a training example come from.
+
+    ``kind: augment``: two augmentations of one crop (MT-SLVR, CLAR pipeline).
+    ``kind: same_track``: two ``segment_seconds`` segments of one file whose starts are between
+    ``min_gap`` and ``max_gap`` seconds apart, drawn anew every time the file is read, skipping
+    segments more than ``silence_db`` below the file's RMS (multi-view tagging seed 003,
+    "Training setup": 4 s segments, 4 to 16 s apart). The ``augment`` pipeline then runs on both
+    segments; with ``augment.ops: []`` the segments are the views as they are.
+    """
+
+    kind: str = "augment"
+    segment_seconds: float = 4.0
+    min_gap: float = 4.0
+    max_gap: float = 16.0
+    silence_db: float = -30.0
 
 
 @dataclass
@@ -155,6 +179,7 @@ class Recipe:
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
     tasks: list[TaskConfig] = field(default_factory=lambda: [TaskConfig()])
     train: TrainConfig = field(default_factory=TrainConfig)
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
@@ -354,6 +379,25 @@ def validate(recipe: Recipe) -> None:
     need(t.max_steps >= 1, "recipe field 'train.max_steps' must be >= 1")
     need(t.lr > 0, "recipe field 'train.lr' must be > 0")
     need(recipe.fewshot.segment_seconds > 0, "recipe field 'fewshot.segment_seconds' must be > 0")
+    m = recipe.model
+    need(m.pooling in ("mean", "attention"),
+         f"recipe field 'model.pooling' must be 'mean' or 'attention', got {m.pooling!r}")
+    need(m.embed_dim is None or m.embed_dim >= 1, "recipe field 'model.embed_dim' must be >= 1")
+    need(m.embed_dim is None or m.pooling == "attention",
+         "recipe field 'model.embed_dim' needs 'model.pooling: attention' (mean pooling keeps "
+         "the backbone's channels); remove embed_dim or set pooling to attention")
+    v = recipe.views
+    need(v.kind in ("augment", "same_track"),
+         f"recipe field 'views.kind' must be 'augment' or 'same_track', got {v.kind!r}")
+    need(v.segment_seconds > 0, "recipe field 'views.segment_seconds' must be > 0")
+    need(v.silence_db <= 0, f"recipe field 'views.silence_db' must be <= 0 dB (a level below the "
+                            f"track's RMS), got {v.silence_db}")
+    need(0 <= v.min_gap <= v.max_gap,
+         f"recipe fields 'views.min_gap' and 'views.max_gap' must satisfy 0 <= min_gap <= max_gap, "
+         f"got {v.min_gap} and {v.max_gap}")
+    need(v.kind == "same_track" or len(recipe.augment.ops) > 0,
+         "recipe field 'augment.ops' is empty: with 'views.kind: augment' both views would be "
+         "the same crop; name at least one op, or use 'views.kind: same_track'")
 
 
 def save_recipe(recipe: Recipe, path: Path) -> None:

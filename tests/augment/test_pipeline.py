@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tympan.augment.pipeline import ViewPipeline, Views
-from tympan.config import AugmentConfig
+from tympan.config import AugmentConfig, load_recipe
 from tympan.errors import ConfigError
 
 CPU = torch.device("cpu")
@@ -192,8 +192,11 @@ def test_views_keep_shape_and_dtype_and_reject_non_batched_input() -> None:
 
 
 def test_config_errors() -> None:
+    # no ops: the pipeline passes its inputs through (same-track views), but a recipe whose views
+    # are two augmentations of one crop must name some
+    assert _pipe(ops=[], min_ops=0).ops == []
     with pytest.raises(ConfigError, match=r"augment\.ops"):
-        _pipe(ops=[])
+        load_recipe("simclr", {"augment.ops": [], "augment.min_ops": 0})
     with pytest.raises(ConfigError, match=r"augment\.ops"):
         _pipe(ops=["fade", "time_mask", "fade"])
     with pytest.raises(ConfigError, match=r"augment\.params\.white_noise"):

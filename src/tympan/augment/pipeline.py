@@ -42,8 +42,6 @@ class ViewPipeline:
     """Samples and applies MT-SLVR-style two-view pipelines. Deterministic given the generator."""
 
     def __init__(self, cfg: AugmentConfig) -> None:
-        if not cfg.ops:
-            raise ConfigError("recipe field 'augment.ops' is empty: name at least one op")
         if len(set(cfg.ops)) != len(cfg.ops):
             raise ConfigError("recipe field 'augment.ops' lists an op twice")
         unknown = sorted(set(cfg.params) - set(cfg.ops))
@@ -90,12 +88,21 @@ class ViewPipeline:
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> Views:
         """Two views of ``x [B, T]``: same ops in the same order, independent parameters."""
-        if x.dim() != 2:
-            raise ValueError(f"ViewPipeline expects waveforms [B, T], got {tuple(x.shape)}")
-        order = self.sample_order(x.shape[0], g, x.device)
+        return self.pair(x, x, g)
+
+    def pair(self, x1: torch.Tensor, x2: torch.Tensor, g: torch.Generator) -> Views:
+        """Views of two given inputs ``[B, T]`` (e.g. two segments of one track, seed 003):
+        each clip's ops and order are shared by both, parameters are drawn independently. With
+        no ops the inputs are the views."""
+        if x1.dim() != 2 or x1.shape != x2.shape:
+            raise ValueError(
+                f"ViewPipeline expects waveforms [B, T] of one shape, got {tuple(x1.shape)} "
+                f"and {tuple(x2.shape)}"
+            )
+        order = self.sample_order(x1.shape[0], g, x1.device)
         return Views(
-            view1=self.apply(x, order, g),
-            view2=self.apply(x, order, g),
+            view1=self.apply(x1, order, g) if self.ops else x1,
+            view2=self.apply(x2, order, g) if self.ops else x2,
             labels=self.labels(order),
             order=order,
             op_names=self.op_names,

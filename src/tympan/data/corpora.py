@@ -51,11 +51,12 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import multiprocessing
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,9 @@ from tqdm.auto import tqdm
 
 from tympan.errors import ConfigError, TympanError
 
-__all__ = ["CORPUS_SCALES", "CorpusSpec", "synth_corpus"]
+log = logging.getLogger("tympan")
+
+__all__ = ["CORPUS_SCALES", "CorpusSpec", "ensure_corpus", "synth_corpus"]
 
 # The splits, in manifest order.
 _SPLITS: tuple[str, ...] = ("train", "val", "test", "pretrain")
@@ -835,3 +838,16 @@ CORPUS_SCALES: dict[str, CorpusSpec] = {
         max_seconds=1.5,
     ),
 }
+
+
+def ensure_corpus(
+    folder: str | Path, make: Callable[..., Path] | None = None, *, seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """``folder/manifest.csv``, generated with ``make`` (default :func:`synth_corpus`) unless it
+    is already there; the demo and the reproductions share a corpus between runs this way."""
+    manifest = Path(folder) / _MANIFEST
+    if not manifest.is_file():
+        log.info("generating the embedded corpus in %s", folder)
+        (make or synth_corpus)(folder, seed=seed, progress=progress)
+    return manifest

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tympan.audio.io import load_audio
+from tympan.errors import AudioError
 from tympan.data.manifest import Item
 
 
@@ -55,6 +56,120 @@ class CropDataset(Dataset):
             start = spare // 2
         crop = fit_length(wav, self.num_samples, start)
         return {"audio": torch.from_numpy(np.ascontiguousarray(crop)), "index": index}
+
+
+class SameTrackPairDataset(Dataset):
+    """Two segments of one file per item, drawn anew at every read (multi-view tagging seed,
+    ``../shared/seeds/003_302de149e7ba2620.txt``, "Training setup": "For each song, an anchor
+    is randomly selected. The corresponding positive is then selected from the same song ... at
+    least four seconds away from the anchor but no further than sixteen seconds away ... every
+    time we see an audio track, the constructed pairs are generated on the fly").
+
+    The distance between the two segments' starts is uniform in ``[min_gap, max_gap]`` (capped
+    by the file's length), the pair's position uniform among those that fit, and which segment
+    comes first random. A segment whose RMS is more than ``-silence_db`` dB below the whole
+    file's is near-silent: the pair is drawn again, up to ``tries`` times; after that it is
+    drawn uniformly among the pairs on a 10 ms grid of starts whose two segments are loud, or,
+    where the file has none, among those with one loud segment (a file is never dropped for
+    being quiet; rejection alone let a track with a long silent outro give silent segments in a
+    few percent of reads). Files must hold ``segment + min_gap`` seconds (:attr:`min_seconds`;
+    pretraining checks it).
+
+    Returns ``{"audio": [S], "audio2": [S], "index": int}``, float32.
+    """
+
+    def __init__(
+        self, items: Sequence[Item], sample_rate: int, segment_seconds: float = 4.0,
+        min_gap: float = 4.0, max_gap: float = 16.0, silence_db: float = -30.0, tries: int = 10,
+    ) -> None:
+        self.items = list(items)
+        self.sample_rate = sample_rate
+        self.num_samples = max(1, int(round(segment_seconds * sample_rate)))
+        self.min_gap = int(round(min_gap * sample_rate))
+        self.max_gap = int(round(max_gap * sample_rate))
+        self.silence_ratio = 10.0 ** (silence_db / 20.0)
+        self.tries = max(1, tries)
+
+    @property
+    def min_seconds(self) -> float:
+        """The shortest usable file: one segment plus the minimum gap."""
+        return (self.num_samples + self.min_gap) / self.sample_rate
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def starts(self, num_frames: int, rms: np.ndarray | None = None) -> tuple[int, int]:
+        """Draw the two segments' start samples in a file of ``num_frames`` samples; ``rms``
+        (cumulative squared signal, ``[num_frames + 1]``) enables the silence check."""
+        spare = num_frames - self.num_samples
+        if spare < self.min_gap:
+            raise ValueError(
+                f"{num_frames} samples hold no two segments {self.min_gap} samples apart"
+            )
+        best, best_level = (0, 0), -1.0
+        n = self.num_samples
+        floor = 0.0 if rms is None else self.silence_ratio**2 * rms[-1] / num_frames
+        for _ in range(self.tries):
+            gap = int(torch.randint(self.min_gap, min(self.max_gap, spare) + 1, (1,)).item())
+            first = int(torch.randint(0, spare - gap + 1, (1,)).item())
+            pair = (first, first + gap) if torch.rand(1).item() < 0.5 else (first + gap, first)
+            if rms is None:
+                return pair
+            level = min((rms[a + n] - rms[a]) / n for a in pair)
+            if level >= floor:
+                return pair
+            if level > best_level:
+                best, best_level = pair, level
+        return self._loud_pair(num_frames, rms, floor) or best
+
+    def _loud_pair(self, num_frames: int, rms: np.ndarray, floor: float) -> tuple[int, int] | None:
+        """A pair drawn uniformly from a 10 ms grid of starts: both segments at least ``floor``
+        (mean power) if any such pair exists, else one of them; ``None`` if neither exists."""
+        n, spare = self.num_samples, num_frames - self.num_samples
+        hop = max(1, self.sample_rate // 100)
+        grid = np.arange(0, spare + 1, hop)
+        loud = (rms[grid + n] - rms[grid]) / n >= floor
+        lo, hi = -(-self.min_gap // hop), min(self.max_gap, spare) // hop  # gaps in grid steps
+        if not loud.any() or lo > hi:
+            return None
+        idx = np.arange(len(grid))
+        # the later segment of a pair whose earlier one starts at grid[i]: grid[left[i]:right[i]]
+        left, right = np.minimum(idx + lo, len(grid)), np.minimum(idx + hi + 1, len(grid))
+        cum = np.concatenate(([0], np.cumsum(loud)))
+        n_loud = cum[right] - cum[left]
+        both = np.where(loud, n_loud, 0)
+        count = both if both.any() else np.where(loud, right - left, n_loud)
+        total = int(count.sum())
+        if total == 0:
+            return None
+        k = int(torch.randint(0, total, (1,)).item())
+        i = int(np.searchsorted(np.cumsum(count), k, side="right"))
+        later = np.arange(left[i], right[i])
+        if both.any() or not loud[i]:
+            later = later[loud[later]]
+        j = int(later[int(torch.randint(0, len(later), (1,)).item())])
+        a, b = int(grid[i]), int(grid[j])
+        return (a, b) if torch.rand(1).item() < 0.5 else (b, a)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        item = self.items[index]
+        wav = load_audio(item.path, self.sample_rate)
+        if len(wav) < self.num_samples + self.min_gap:
+            raise AudioError(
+                item.path,
+                f"{len(wav) / self.sample_rate:.2f} s is too short for two "
+                f"{self.num_samples / self.sample_rate:g} s segments at least "
+                f"{self.min_gap / self.sample_rate:g} s apart (views.kind: same_track); "
+                f"use longer tracks or lower views.segment_seconds / views.min_gap",
+            )
+        energy = np.concatenate(([0.0], np.cumsum(wav.astype(np.float64) ** 2)))
+        a, b = self.starts(len(wav), energy)
+        n = self.num_samples
+        return {
+            "audio": torch.from_numpy(np.ascontiguousarray(wav[a : a + n])),
+            "audio2": torch.from_numpy(np.ascontiguousarray(wav[b : b + n])),
+            "index": index,
+        }
 
 
 def segment(wav: np.ndarray, num_samples: int) -> np.ndarray:

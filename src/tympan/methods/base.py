@@ -65,5 +65,42 @@ class PretextTask(nn.Module):
         emb = encoder.select(views.cache[key], self.name)
         return emb[:b], emb[b:]
 
+    def attach(self, encoder: Encoder) -> None:
+        """Called once with the shared encoder after every task is built, before training (and
+        before a checkpoint is loaded): tasks with a teacher copy it here (:class:`EMATeacher`)."""
+
+    def after_step(self, encoder: Encoder, step: int, max_steps: int) -> None:
+        """Called after every optimiser step (``step`` counts finished steps): EMA updates."""
+
     def forward(self, encoder: Encoder, views: Views) -> TaskOutput:  # pragma: no cover
         raise NotImplementedError
+
+
+class EMATeacher(nn.Module):
+    """A frozen copy of a student (the encoder and the task's heads) that follows it by an
+    exponential moving average, ``t = m t + (1 - m) s`` after every step (BYOL; DINO).
+
+    ``momentum(step)`` follows BYOL's cosine schedule from ``base`` to ``final`` over the run
+    (:func:`tympan.objectives.byol.ema_momentum`). The teacher is never optimised; it lives in
+    the task's state, so checkpoints carry it and ``--resume`` continues it exactly.
+    """
+
+    def __init__(self, students: dict[str, nn.Module], base: float, final: float = 1.0) -> None:
+        super().__init__()
+        import copy
+
+        self.copies = nn.ModuleDict({k: copy.deepcopy(m) for k, m in students.items()})
+        self.copies.requires_grad_(False)
+        self.base, self.final = float(base), float(final)
+
+    def __getitem__(self, key: str) -> nn.Module:
+        return self.copies[key]
+
+    @torch.no_grad()
+    def update(self, students: dict[str, nn.Module], step: int, max_steps: int) -> float:
+        from tympan.objectives.byol import ema_momentum, ema_update_
+
+        m = ema_momentum(step, max_steps, self.base, self.final)
+        for key, student in students.items():
+            ema_update_(self.copies[key], student, m)
+        return m

@@ -9,6 +9,9 @@ from tympan.config import Recipe, TaskConfig
 from tympan.errors import ConfigError
 from tympan.methods.aug_prediction import AugPredictionTask
 from tympan.methods.base import PretextTask
+from tympan.methods.byol import BYOLTask
+from tympan.methods.dino import DINOTask
+from tympan.methods.multiview import BarlowTwinsTask, VICRegTask
 from tympan.methods.simclr import SimCLRTask
 from tympan.methods.simsiam import SimSiamTask
 
@@ -19,6 +22,10 @@ TASKS: dict[str, TaskBuilder] = {
     "nt_xent": SimCLRTask,
     "simsiam": SimSiamTask,
     "aug_prediction": AugPredictionTask,
+    "byol": BYOLTask,
+    "dino": DINOTask,
+    "barlow_twins": BarlowTwinsTask,
+    "vicreg": VICRegTask,
 }
 
 

@@ -16,15 +16,16 @@ from tympan.config import Recipe
 from tympan.errors import ConfigError
 from tympan.methods.base import PretextTask, TaskOutput
 from tympan.models.encoder import Encoder
-from tympan.models.heads import mlp
+from tympan.models.heads import PROJECTOR_DEFAULTS, projector
 from tympan.objectives.distributed import gather
 from tympan.objectives.nt_xent import nt_xent
+from tympan.training.collapse import embedding_stats
 
 
 class SimCLRTask(PretextTask):
     """``loss = nt_xent(g(f(v1)), g(f(v2)), temperature)`` over the global batch."""
 
-    head_defaults = {"hidden_dim": 512, "out_dim": 128, "num_layers": 2}
+    head_defaults = PROJECTOR_DEFAULTS
     param_defaults = {"temperature": 0.1}
 
     def __init__(
@@ -36,7 +37,7 @@ class SimCLRTask(PretextTask):
         if opts["temperature"] <= 0:
             raise ConfigError(f"recipe field 'tasks[{name}].params.temperature' must be > 0")
         self.temperature = float(opts["temperature"])
-        self.projector = mlp(embed_dim, cfg["hidden_dim"], cfg["out_dim"], cfg["num_layers"])
+        self.projector = projector(embed_dim, cfg)
 
     def forward(self, encoder: Encoder, views: Views) -> TaskOutput:
         e1, e2 = self.encode_pair(encoder, views)
@@ -44,6 +45,5 @@ class SimCLRTask(PretextTask):
         loss = nt_xent(gather(z1), gather(z2), self.temperature)
         with torch.no_grad():
             pos = torch.nn.functional.cosine_similarity(z1, z2).mean()
-            std = torch.nn.functional.normalize(e1.float(), dim=1).std(dim=0).mean()
-        return TaskOutput(loss, {"pos_cos": pos, "embed_std": std})
+        return TaskOutput(loss, {"pos_cos": pos, **embedding_stats(e1)})
 

@@ -25,6 +25,7 @@ from tympan.audio.frontend import LogMel
 from tympan.config import Recipe, load_recipe
 from tympan.errors import ConfigError, TympanError
 from tympan.models.adapters import has_task_parameters, task_parameter_counts
+from tympan.models.pooling import build_pooling
 from tympan.models.resnet import ARCHS
 
 ENCODER_FILE = "encoder.safetensors"
@@ -32,7 +33,8 @@ CONFIG_FILE = "config.yaml"
 
 
 class Encoder(nn.Module):
-    """Front end + backbone with per-task adapters + global average pooling.
+    """Front end + backbone with per-task adapters + pooling (``model.pooling``: global average,
+    or attention over time to ``model.embed_dim`` as in the multi-view tagging seed 003).
 
     MT-SLVR's variants (seed 000, "Model Variants") are two recipe fields:
     ``model.adapter`` (:mod:`tympan.models.adapters`) and ``model.split_head``. With the split head
@@ -61,11 +63,14 @@ class Encoder(nn.Module):
         #: whether each task runs the backbone with parameters of its own
         self.task_specific = has_task_parameters(recipe.model.adapter) and n > 1
         self.split = recipe.model.split_head and n > 1
-        channels = self.backbone.out_channels
+        self.pool = build_pooling(
+            recipe.model.pooling, self.backbone.out_channels, recipe.model.embed_dim
+        )
+        channels = self.pool.out_dim
         if self.split and channels % n:
             raise ConfigError(
                 f"recipe field 'model.split_head': the final layer's {channels} channels do not "
-                f"divide into {n} equal task shares; change 'model.width'"
+                f"divide into {n} equal task shares; change 'model.width' or 'model.embed_dim'"
             )
         #: embedding size of one task
         self.dim: int = channels // n if self.split else channels
@@ -108,15 +113,16 @@ class Encoder(nn.Module):
 
     def pooled(self, x: Tensor, task: str) -> Tensor:
         """Pooled backbone output ``[B, C]`` before the head split (see :meth:`select`)."""
-        return self.full_feature_map(x, task).mean(dim=(2, 3))
+        return self.pool(self.full_feature_map(x, task))
 
     def select(self, pooled: Tensor, task: str) -> Tensor:
         """``task``'s embedding from :meth:`pooled` output of the same path."""
         return pooled[:, self._share(task)]
 
     def frames(self, x: Tensor, task: str) -> Tensor:
-        """Frame features ``[B, T', D]`` (mean over the frequency axis)."""
-        return self.feature_map(x, task).mean(dim=2).transpose(1, 2)
+        """Frame features ``[B, T', D]``: the frequency average of the feature map (mean
+        pooling) or the per-frame values that attention pooling averages."""
+        return self.pool.frames(self.full_feature_map(x, task))[..., self._share(task)]
 
     def forward(self, x: Tensor, task: str | None = None) -> Tensor:
         if task is not None:
@@ -138,7 +144,10 @@ class Encoder(nn.Module):
         plain = ARCHS[self.recipe.model.arch](
             self.recipe.frontend.channels, self.recipe.model.width, "none", ("single",)
         )
-        single = sum(p.numel() for p in plain.parameters())
+        # one plain network is the backbone without adapters plus the (task-agnostic) pooling
+        single = sum(p.numel() for p in plain.parameters()) + sum(
+            p.numel() for p in self.pool.parameters()
+        )
         separate = single * len(self.tasks)
         return {
             "total": total,

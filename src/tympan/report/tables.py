@@ -19,3 +19,25 @@ def format_parameters(counts: dict[str, Any]) -> str:
             f"({counts['separate_networks']:,}); +{100 * counts['extra_over_single']:.1f}% over one"
         )
     return "; ".join(parts)
+
+
+#: metric key -> column title in probe tables
+METRIC_TITLES = {"roc_auc": "ROC-AUC", "map": "mAP", "accuracy": "accuracy"}
+
+
+def format_probe_table(results: dict[str, dict[str, Any]], digits: int = 4) -> str:
+    """Markdown table: one row per model, one column per metric, ``bootstrap mean ± std``
+    (multi-view tagging seed 003, "3.2": 50 draws of 50% of the test set).
+
+    ``results`` maps a model name to a :class:`~tympan.evaluation.probes.ProbeResult` JSON.
+    """
+    metrics = list(dict.fromkeys(m for r in results.values() for m in r["metrics"]))
+    head = "| model | " + " | ".join(METRIC_TITLES.get(m, m) for m in metrics) + " |"
+    lines = [head, "|---|" + "---|" * len(metrics)]
+    for name, r in results.items():
+        cells = []
+        for m in metrics:
+            v = r["metrics"].get(m)
+            cells.append(f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}" if v else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -31,12 +31,11 @@ import numpy as np
 from scipy.stats import rankdata
 
 from tympan.config import load_recipe
-from tympan.data.corpora import synth_corpus
+from tympan.data.corpora import ensure_corpus
 from tympan.evaluation.features import resolve_model
 from tympan.evaluation.fewshot import FewShotBench
-from tympan.models.encoder import ENCODER_FILE
 from tympan.report.tables import format_parameters
-from tympan.training.pretrain import LAST_CKPT, pretrain
+from tympan.training.pretrain import pretrain_or_reuse
 
 log = logging.getLogger("tympan")
 
@@ -124,6 +123,7 @@ def reproduce_mtslvr(
     families: tuple[str, ...] = ("simclr", "simsiam"),
     variants: tuple[str, ...] | None = None,
     max_steps: int | None = None,
+    overrides: dict[str, Any] | None = None,
     episodes: int = 600,
     queries: int = 15,
     seed: int = 0,
@@ -132,16 +132,13 @@ def reproduce_mtslvr(
     """Pretrain every variant of every family, score them, write ``results.md``/``.json``.
 
     Re-running reuses finished runs and resumes interrupted ones, so the command can be stopped
-    and started again.
+    and started again. ``overrides`` (dotted keys, as ``--set``) apply to every variant.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     if data is None:
-        data = out / "corpus" / "manifest.csv"
-        if not Path(data).is_file():
-            log.info("generating the embedded corpus in %s", Path(data).parent)
-            synth_corpus(Path(data).parent, seed=seed, progress=progress)
+        data = ensure_corpus(out / "corpus", seed=seed, progress=progress)
     chosen = [v for v in VARIANTS if variants is None or v.name in variants or v.slug in variants]
     benches = {f"{Path(data).parent.name}/{s}": FewShotBench(data, s, progress=progress)
                for s in ("test", "val")}
@@ -155,14 +152,11 @@ def reproduce_mtslvr(
         recipe_name = FAMILIES[family][1 if quick else 0]
         for v in chosen:
             run = out / family / v.slug
-            overrides = variant_overrides(recipe_name, v)
+            changes = {**variant_overrides(recipe_name, v), **(overrides or {})}
             t0 = time.time()
-            if not (run / ENCODER_FILE).is_file():
-                resume = (run / "checkpoints" / LAST_CKPT).is_file()
-                log.info("pretraining %s / %s in %s%s", family, v.name, run,
-                         " (resuming)" if resume else "")
-                pretrain(recipe_name, data, run, max_steps=max_steps, resume=resume, seed=seed,
-                         progress=progress, overrides=overrides)
+            pretrain_or_reuse(recipe_name, data, run, label=f"{family} / {v.name}",
+                              max_steps=max_steps, seed=seed, progress=progress,
+                              overrides=changes)
             train_s = time.time() - t0
             encoder = resolve_model(run)
             scores: dict[str, dict[str, float]] = {}

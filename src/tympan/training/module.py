@@ -43,6 +43,8 @@ class PretrainModule(pl.LightningModule):
         self.tasks = nn.ModuleDict(
             {t.name: build_task(t, self.encoder.dim, recipe) for t in recipe.tasks}
         )
+        for task in self.tasks.values():
+            task.attach(self.encoder)  # teachers copy the encoder before any weights are loaded
         self.weights = {t.name: t.weight for t in recipe.tasks}
         self.views = ViewPipeline(recipe.augment)
         self._generator: torch.Generator | None = None
@@ -71,7 +73,10 @@ class PretrainModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         wav = batch["audio"]
-        views = self.views(wav, self.generator)
+        if "audio2" in batch:  # two segments of one track (views.kind: same_track)
+            views = self.views.pair(wav, batch["audio2"], self.generator)
+        else:
+            views = self.views(wav, self.generator)
         total = wav.new_zeros(())
         logs: dict[str, torch.Tensor] = {}
         for name, task in self.tasks.items():
@@ -86,9 +91,15 @@ class PretrainModule(pl.LightningModule):
         self.log("train_loss", total.detach(), prog_bar=True, on_step=True, batch_size=wav.shape[0])
         return total
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # after the optimiser step: EMA teachers follow their students
+        for task in self.tasks.values():
+            task.after_step(self.encoder, self.global_step, self.recipe.train.max_steps)
+
     def configure_optimizers(self) -> Any:
         t = self.recipe.train
-        opt = torch.optim.Adam(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        trainable = [p for p in self.parameters() if p.requires_grad]  # not the EMA teachers
+        opt = torch.optim.Adam(trainable, lr=t.lr, weight_decay=t.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: warmup_cosine(step, t.warmup_steps, t.max_steps)
         )

@@ -21,13 +21,14 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from tympan.config import Recipe, load_recipe, save_recipe
-from tympan.data.dataset import CropDataset
+from tympan.data.dataset import CropDataset, SameTrackPairDataset
 from tympan.data.manifest import Manifest, read_manifest
 from tympan.data.scan import scan_items
 from tympan.errors import TympanError
 from tympan.models.encoder import CONFIG_FILE, ENCODER_FILE, save_encoder
 from tympan.report.plots import plot_training_curves
 from tympan.training.checkpoints import AtomicCheckpointIO
+from tympan.training.collapse import CollapseMonitor
 from tympan.training.csv_log import RunCSVLogger
 from tympan.training.module import PretrainModule
 
@@ -43,12 +44,15 @@ class PretrainResult:
     skipped: list[dict[str, str]] = field(default_factory=list)
     wall_seconds: float = 0.0
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: :class:`~tympan.training.collapse.CollapseMonitor` summary: warnings and last values
+    collapse: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "run": str(self.run), "steps": self.steps, "clips": self.clips,
             "skipped": self.skipped, "n_skipped": len(self.skipped),
             "wall_seconds": round(self.wall_seconds, 2), "parameters": self.parameters,
+            "collapse": self.collapse,
         }
 
 
@@ -134,13 +138,22 @@ def pretrain(
         quiet_lightning()
     pl.seed_everything(seed, workers=True, verbose=False)
     manifest = pretrain_items(read_manifest(data, check_files=not skip_bad), split)
+    v = cfg.views
+    pairs = v.kind == "same_track"
+    min_seconds = v.segment_seconds + v.min_gap if pairs else 0.0
     report = scan_items(
         manifest.items, cfg.audio.sample_rate, skip_bad=skip_bad, progress=progress,
-        desc="checking pretraining audio",
+        desc="checking pretraining audio", min_seconds=min_seconds,
     )
     if not report.items:
         raise TympanError(f"{data}: no usable audio to pretrain on")
-    dataset = CropDataset(report.items, cfg.audio.sample_rate, cfg.audio.clip_seconds)
+    if pairs:
+        dataset = SameTrackPairDataset(
+            report.items, cfg.audio.sample_rate, v.segment_seconds, v.min_gap, v.max_gap,
+            v.silence_db,
+        )
+    else:
+        dataset = CropDataset(report.items, cfg.audio.sample_rate, cfg.audio.clip_seconds)
     t = cfg.train
     if len(dataset) < t.batch_size:
         raise TympanError(
@@ -154,6 +167,7 @@ def pretrain(
     )
 
     module = PretrainModule(cfg, seed=seed)
+    monitor = CollapseMonitor({name: module.encoder.dim for name in module.tasks})
     out.mkdir(parents=True, exist_ok=True)
     checkpointing = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="step{step}", save_top_k=0, save_last=True,
@@ -168,7 +182,7 @@ def pretrain(
         strategy=t.strategy,
         precision=resolve_precision(cfg, t.accelerator),
         logger=RunCSVLogger(out / "metrics.csv"),
-        callbacks=[checkpointing],
+        callbacks=[checkpointing, monitor],
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=progress,
@@ -202,10 +216,13 @@ def pretrain(
         skipped=report.skipped, wall_seconds=wall,
         parameters={
             "encoder": count_parameters(module.encoder),
-            "heads": count_parameters(module.tasks),
+            # trainable head parameters; EMA teachers (BYOL, DINO) are counted apart
+            "heads": sum(p.numel() for p in module.tasks.parameters() if p.requires_grad),
+            "teachers": sum(p.numel() for p in module.tasks.parameters() if not p.requires_grad),
             # shared vs per-task, and the cost against one network per task (MT-SLVR)
             "encoder_breakdown": module.encoder.parameter_counts(),
         },
+        collapse=monitor.summary(),
     )
     if trainer.is_global_zero:
         save_encoder(module.encoder, out / ENCODER_FILE)
@@ -213,3 +230,19 @@ def pretrain(
         if (out / "metrics.csv").is_file():
             plot_training_curves(out / "metrics.csv", out / "training.png")
     return result
+
+
+def pretrain_or_reuse(
+    recipe: str | Path | Recipe, data: str | Path, out: str | Path, *, label: str = "",
+    **kwargs: Any,
+) -> bool:
+    """Keep a finished run in ``out`` (its encoder exists), resume an interrupted one (a
+    checkpoint exists), else start one; ``kwargs`` go to :func:`pretrain`. Lets the demo and the
+    reproductions be stopped and started again. Returns whether anything was trained."""
+    out = Path(out)
+    if (out / ENCODER_FILE).is_file():
+        return False
+    resume = (out / "checkpoints" / LAST_CKPT).is_file()
+    log.info("pretraining %s in %s%s", label or out.name, out, " (resuming)" if resume else "")
+    pretrain(recipe, data, out, resume=resume, **kwargs)
+    return True

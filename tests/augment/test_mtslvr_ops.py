@@ -225,7 +225,8 @@ def test_default_ranges_are_the_seeds_and_sampled_parameters_lie_in_them() -> No
         assert v.shape == (n,) and v.min() >= lo and v.max() <= hi
         assert v.min() < lo + 0.05 * (hi - lo) and v.max() > hi - 0.05 * (hi - lo)  # spans it
         assert v.mean().item() == pytest.approx((lo + hi) / 2, abs=0.03 * (hi - lo))  # uniform
-    assert mixed["noise"].shape == (n, 100)
+    # the white noise is drawn as its spectrum: T // 2 + 1 complex Gaussian bins
+    assert mixed["noise"].shape == (n, 51) and mixed["noise"].is_complex()
 
 
 def test_sampling_is_deterministic_given_the_generator() -> None:
@@ -297,3 +298,25 @@ def test_full_seven_op_pipeline_makes_finite_views_and_multi_hot_labels() -> Non
     assert not torch.equal(views.view1, views.view2)
     again = pipe(x, _gen(15))  # deterministic given the generator
     assert torch.equal(again.view1, views.view1) and torch.equal(again.view2, views.view2)
+
+
+def test_coloured_noise_from_a_spectrum_equals_coloured_white_noise() -> None:
+    from tympan.augment.ops import coloured_noise
+
+    noise = torch.randn(3, 1000, generator=_gen(21), dtype=torch.float64)
+    d = torch.tensor([-1.5, 0.0, 2.0], dtype=torch.float64)
+    direct = coloured_noise(noise, d)
+    via_spectrum = coloured_noise(torch.fft.rfft(noise, dim=1), d, num_samples=1000)
+    assert torch.allclose(direct, via_spectrum, atol=1e-10)
+
+
+def test_pitch_shift_handles_batches_shifted_in_one_direction_only() -> None:
+    from tympan.augment.ops import pitch_shift
+
+    x = torch.randn(4, 8000, generator=_gen(22)) * 0.1
+    for semis in ([3.0, 5.0, 7.0, 12.0], [-3.0, -5.0, -7.0, -12.0], [0.0, 0.0, 0.0, 0.0]):
+        s = torch.tensor(semis)
+        batched = pitch_shift(x, s)
+        assert batched.shape == x.shape and torch.isfinite(batched).all()
+        one_by_one = torch.cat([pitch_shift(x[i : i + 1], s[i : i + 1]) for i in range(4)])
+        assert torch.allclose(batched, one_by_one, atol=1e-5)

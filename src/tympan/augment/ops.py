@@ -70,18 +70,36 @@ def time_mask(x: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> tor
     return x.masked_fill((pos >= s) & (pos < s + n), 0.0)
 
 
-def _fade_curve(p: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
-    """Gain for fade progress ``p`` in [0, 1] (0 = silent end); shapes 0 linear, 1 log, 2 exp.
+def _fade_linear(p: torch.Tensor) -> torch.Tensor:
+    return p
 
-    log: ``log10(0.1 + p) + 1`` rises fast then flattens; exp: ``2^(5 (p - 1))`` starts slowly.
-    Both reach 1 at ``p = 1``; log starts near 0 (``log10(0.1) + 1 = 0``) and exp at ``2^-5``,
-    which is then mapped to 0 so every shape starts from silence.
+
+def _fade_log(p: torch.Tensor) -> torch.Tensor:
+    return torch.log10(p.mul(0.9).add_(0.1)).add_(1.0)
+
+
+def _fade_exp(p: torch.Tensor) -> torch.Tensor:
+    return torch.exp2((p - 1.0).mul_(5.0)).sub_(2.0**-5).div_(1.0 - 2.0**-5)
+
+
+#: gain curves of :data:`FADE_SHAPES`, in that order
+_FADE_CURVES = (_fade_linear, _fade_log, _fade_exp)
+
+
+def _fade_curve(p: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """Gain for fade progress ``p [B, T]`` in [0, 1] (0 = silent end); ``shape [B]``: 0 linear,
+    1 log, 2 exp.
+
+    log: ``log10(0.1 + 0.9 p) + 1`` rises fast then flattens; exp: ``2^(5 (p - 1))`` starts
+    slowly, mapped to start from 0. All reach 1 at ``p = 1``. Each shape's curve is evaluated on
+    the rows of that shape only (one sub-batch per shape, not three curves for every row).
     """
-    lin = p
-    log = torch.log10(p.mul(0.9).add_(0.1)).add_(1.0)
-    exp = torch.exp2((p - 1.0).mul_(5.0)).sub_(2.0**-5).div_(1.0 - 2.0**-5)
-    s = shape.view(-1, 1)
-    return torch.where(s == 0, lin, torch.where(s == 1, log, exp))
+    gain = torch.empty_like(p)
+    for j, curve in enumerate(_FADE_CURVES):
+        rows = torch.nonzero(shape == j, as_tuple=True)[0]
+        if rows.numel():
+            gain.index_copy_(0, rows, curve(p.index_select(0, rows)))
+    return gain
 
 
 def fade(
@@ -101,7 +119,7 @@ def fade(
         return x * _fade_curve(p_in, shape) * _fade_curve(p_out, shape)
     # Otherwise at every sample one progress is exactly 1, whose gain is exactly 1 for every
     # shape, so one curve of the smaller progress is the same product at half the cost.
-    return x * _fade_curve(torch.minimum(p_in, p_out, out=p_in), shape)
+    return _fade_curve(torch.minimum(p_in, p_out, out=p_in), shape).mul_(x)
 
 
 def _vocoder_window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -233,29 +251,44 @@ def pitch_shift(x: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
     first, takes a clip shifted up by 15 semitones through 2.4 times its length): a clip shifted
     up is low-passed to ``1 / s`` of Nyquist, read ``s`` times faster (``T / s`` samples) and then
     slowed down; a clip shifted down is sped up (``T s`` samples) and then read ``s`` times
-    slower. Both resamplings run on the whole batch, as the identity for clips of the other
-    direction, so the batch is never split. Shapes: ``x [B, T]``, ``semitones [B]``.
+    slower. Each resampling runs once, on the sub-batch of clips shifted in its direction.
+    Shapes: ``x [B, T]``, ``semitones [B]``.
     """
     s = torch.exp2(semitones.to(torch.float64) / 12.0)
-    up = s.clamp(min=1.0)
-    y = _read(_lowpass(x, 1.0 / up), up)
+    # each resampling runs on the clips that need it, gathered into one sub-batch
+    up = torch.nonzero(s > 1.0, as_tuple=True)[0]
+    down = torch.nonzero(s < 1.0, as_tuple=True)[0]
+    y = x
+    if up.numel():
+        s_up = s.index_select(0, up)
+        y = x.clone().index_copy_(0, up, _read(_lowpass(x.index_select(0, up), 1.0 / s_up), s_up))
     y = phase_vocoder(y, 1.0 / s)
-    return _read(y, s.clamp(max=1.0))
+    if down.numel():
+        y.index_copy_(0, down, _read(y.index_select(0, down), s.index_select(0, down)))
+    return y
 
 
-def coloured_noise(noise: torch.Tensor, f_decay: torch.Tensor) -> torch.Tensor:
+def coloured_noise(noise: torch.Tensor, f_decay: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
     """Shape white noise so that its power spectrum goes as ``1 / f^d``, ``d = f_decay[b]``.
 
     Each clip's rfft is multiplied by ``f^(-d/2)`` (``f`` the bin index; the unit cancels in
     the SNR scaling); the DC bin, where ``1/f^d`` diverges for ``d > 0``, is zeroed so the noise
     has no offset. ``d = 0`` white, 1 pink, 2 brown, negative blue / violet.
-    Shapes: ``noise [B, T]``, ``f_decay [B]``.
+    ``noise`` is white noise ``[B, T]`` or, complex, its spectrum ``[B, T // 2 + 1]`` (i.i.d.
+    complex Gaussian bins are the spectrum of white Gaussian noise: sampling them directly skips a
+    forward FFT); ``num_samples`` is ``T`` for a spectrum (default ``2 (F - 1)``).
+    Shapes: ``noise [B, T]`` or ``[B, F]`` complex, ``f_decay [B]`` -> ``[B, T]``.
     """
-    t = noise.shape[1]
-    spec = torch.fft.rfft(noise, dim=1)
-    k = torch.arange(spec.shape[1], device=noise.device, dtype=noise.dtype)
+    if noise.is_complex():
+        spec = noise.clone()
+        t = num_samples if num_samples is not None else 2 * (noise.shape[1] - 1)
+    else:
+        t = noise.shape[1]
+        spec = torch.fft.rfft(noise, dim=1)
+    real = spec.real.dtype
+    k = torch.arange(spec.shape[1], device=noise.device, dtype=real)
     log_k = torch.log(k.clamp_min(1.0)).unsqueeze(0)
-    gain = (-0.5 * f_decay.to(noise.dtype)).unsqueeze(1).mul(log_k).exp_()  # k^(-d/2)
+    gain = (-0.5 * f_decay.to(real)).unsqueeze(1).mul(log_k).exp_()  # k^(-d/2)
     gain[:, 0] = 0.0
     return torch.fft.irfft(spec.mul_(gain), n=t, dim=1)
 
@@ -263,9 +296,10 @@ def coloured_noise(noise: torch.Tensor, f_decay: torch.Tensor) -> torch.Tensor:
 def mixed_noise(
     x: torch.Tensor, noise: torch.Tensor, f_decay: torch.Tensor, snr_db: torch.Tensor
 ) -> torch.Tensor:
-    """Add white ``noise`` coloured to ``1 / f^d`` (:func:`coloured_noise`) at exactly
-    ``snr_db[b]`` (:func:`white_noise`). Shapes: ``x, noise [B, T]``, ``f_decay, snr_db [B]``."""
-    return white_noise(x, coloured_noise(noise, f_decay), snr_db)
+    """Add white ``noise`` (or its complex spectrum, see :func:`coloured_noise`) coloured to
+    ``1 / f^d`` at exactly ``snr_db[b]`` (:func:`white_noise`).
+    Shapes: ``x [B, T]``, ``noise [B, T]`` or ``[B, T // 2 + 1]`` complex, ``f_decay, snr_db [B]``."""
+    return white_noise(x, coloured_noise(noise, f_decay, x.shape[1]).to(x.dtype), snr_db)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,13 +504,13 @@ class MixedNoise(AugmentOp):
         return {
             "f_decay": _uniform(n, d_lo, d_hi, g, device),
             "snr_db": _uniform(n, s_lo, s_hi, g, device),
-            "noise": torch.randn(n, num_samples, generator=g, device=device),
+            # the white noise's spectrum, drawn directly (half the random numbers, no rfft)
+            "noise": torch.randn(n, num_samples // 2 + 1, generator=g, device=device,
+                                 dtype=torch.complex64),
         }
 
     def apply(self, x, params):
-        return mixed_noise(
-            x, params["noise"].to(x.dtype), params["f_decay"], params["snr_db"].to(x.dtype)
-        )
+        return mixed_noise(x, params["noise"], params["f_decay"], params["snr_db"].to(x.dtype))
 
 
 #: every op by name

@@ -99,10 +99,17 @@ class ViewPipeline:
                 f"ViewPipeline expects waveforms [B, T] of one shape, got {tuple(x1.shape)} "
                 f"and {tuple(x2.shape)}"
             )
-        order = self.sample_order(x1.shape[0], g, x1.device)
+        b = x1.shape[0]
+        order = self.sample_order(b, g, x1.device)
+        if self.ops:
+            # both views in one pass: twice the clips per (position, op) call, half the calls
+            both = self.apply(torch.cat([x1, x2]), order.repeat(2, 1), g)
+            v1, v2 = both[:b], both[b:]
+        else:
+            v1, v2 = x1, x2
         return Views(
-            view1=self.apply(x1, order, g) if self.ops else x1,
-            view2=self.apply(x2, order, g) if self.ops else x2,
+            view1=v1,
+            view2=v2,
             labels=self.labels(order),
             order=order,
             op_names=self.op_names,

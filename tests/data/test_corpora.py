@@ -109,7 +109,7 @@ def test_deterministic_and_seeded(
     assert (out / shared).read_bytes() != (tiny.parent / shared).read_bytes()
     # Re-run seed 0 into the same folder, through the worker pool: byte-identical to the
     # serial run, and no file of the seed-1 corpus is left behind.
-    monkeypatch.setattr(corpora, "_n_workers", lambda n: 2)
+    monkeypatch.setattr(corpora, "_n_workers", lambda n, min_items=0: 2)
     again = synth_corpus(out, seed=0, scale="tiny", progress=True)
     assert again == out / "manifest.csv"
     assert _files(out) == _files(tiny.parent)

@@ -68,7 +68,7 @@ def test_quick_multiview_recipes_share_everything_but_the_task() -> None:
         assert (r.model.width, r.model.embed_dim, r.model.pooling) == (16, 256, "attention")
         assert (r.views.kind, r.views.segment_seconds) == ("same_track", 2.0)
         assert r.tasks[0].head["hidden_dim"] == 256 and r.tasks[0].head["out_dim"] == 512
-        assert r.train.max_steps == 150
+        assert r.train.max_steps == 400
     full = method_recipe("contrastive", quick=False)
     assert (full.model.width, full.model.embed_dim, full.views.segment_seconds) == (32, 1024, 4.0)
     assert (full.views.min_gap, full.views.max_gap, full.train.batch_size) == (4.0, 16.0, 256)

@@ -692,13 +692,13 @@ def _plan(spec: CorpusSpec, seed: int) -> list[tuple[str, str, str, str, int, in
     return rows
 
 
-def _n_workers(n_clips: int) -> int:
-    """Worker processes: one per available core (at most 8), or none for small corpora.
+def _n_workers(n_items: int, min_items: int = _PARALLEL_MIN_CLIPS) -> int:
+    """Worker processes: one per available core (at most 8), or none below ``min_items`` items.
 
     Only on Linux, where workers are forked (cheap, and no re-import of the caller's script);
     never from a daemonic process, which may not have children.
     """
-    if n_clips < _PARALLEL_MIN_CLIPS or not sys.platform.startswith("linux"):
+    if n_items < min_items or not sys.platform.startswith("linux"):
         return 1
     if multiprocessing.current_process().daemon:
         return 1
@@ -709,22 +709,31 @@ def _n_workers(n_clips: int) -> int:
     return max(1, min(cpus, 8))
 
 
-def _run(tasks: list[tuple[CorpusSpec, int, int, int, str]], progress: bool) -> None:
-    workers = _n_workers(len(tasks))
-    with tqdm(total=len(tasks), desc="synth corpus", unit="clip", disable=not progress) as bar:
+def render_parallel(
+    fn: Callable[[Any], Any], tasks: list[Any], *, progress: bool, desc: str, unit: str,
+    min_parallel: int = _PARALLEL_MIN_CLIPS, chunksize: int = 1,
+) -> list[Any]:
+    """``[fn(t) for t in tasks]`` in forked worker processes (:func:`_n_workers`), in order, with
+    a progress bar. ``fn`` must be a module-level function (the embedded corpora's renderers)."""
+    workers = _n_workers(len(tasks), min_parallel)
+    with tqdm(total=len(tasks), desc=desc, unit=unit, disable=not progress) as bar:
         if workers == 1:
+            results = []
             for task in tasks:
-                _write_clip(task)
+                results.append(fn(task))
                 bar.update()
-            return
+            return results
         with warnings.catch_warnings():
             # Python >= 3.12 warns about fork() in a threaded process; the workers only run
-            # numpy/scipy/libsndfile code of this module and take no lock of the parent.
+            # numpy/scipy/libsndfile code of the corpus modules and take no lock of the parent.
             warnings.simplefilter("ignore", DeprecationWarning)
             context = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                for _ in pool.map(_write_clip, tasks, chunksize=8):
+                results = []
+                for result in pool.map(fn, tasks, chunksize=chunksize):
+                    results.append(result)
                     bar.update()
+                return results
 
 
 def _old_paths(manifest: Path) -> Iterator[str]:
@@ -787,7 +796,8 @@ def synth_corpus(
         (spec, int(seed), class_id, clip, str(root / path))
         for path, _, _, _, class_id, clip in rows
     ]
-    _run(tasks, progress)
+    render_parallel(_write_clip, tasks, progress=progress, desc="synth corpus", unit="clip",
+                    chunksize=8)
 
     manifest = root / _MANIFEST
     new_paths = {path for path, *_ in rows}

@@ -68,15 +68,10 @@ byte-identical files (on the same numpy/scipy build), another seed another corpu
 
 from __future__ import annotations
 
-import csv
 import json
-import multiprocessing
 import os
 import shutil
-import sys
-import warnings
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,10 +79,10 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 from scipy.signal import fftconvolve
-from tqdm.auto import tqdm
 
 from tympan.data.corpora import (
     _band_mask,
+    _old_paths,
     _cycles,
     _harmonic_osc,
     _n_harmonics,
@@ -96,6 +91,7 @@ from tympan.data.corpora import (
     _shape_spectrum,
     _time,
     _vibrato,
+    render_parallel,
 )
 from tympan.data.manifest import Item, write_manifest
 from tympan.errors import ConfigError, TympanError
@@ -898,54 +894,6 @@ def _assign_splits(tags: list[list[str]], seed: int) -> list[str]:
     return [_SPLITS[s] for s in split_of if s is not None]
 
 
-def _n_workers(n_tracks: int) -> int:
-    """Worker processes: one per available core (at most 8), or none for tiny corpora.
-
-    Only on Linux, where workers are forked; never from a daemonic process.
-    """
-    if n_tracks < _PARALLEL_MIN_TRACKS or not sys.platform.startswith("linux"):
-        return 1
-    if multiprocessing.current_process().daemon:
-        return 1
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8))
-
-
-def _run(tasks: list[tuple[MusicSpec, int, int, str]], progress: bool) -> list[dict[str, Any]]:
-    workers = _n_workers(len(tasks))
-    with tqdm(total=len(tasks), desc="synth music", unit="track", disable=not progress) as bar:
-        if workers == 1:
-            metas = []
-            for task in tasks:
-                metas.append(_write_track(task))
-                bar.update()
-            return metas
-        with warnings.catch_warnings():
-            # Python >= 3.12 warns about fork() in a threaded process; the workers only run
-            # numpy/scipy/libsndfile code of this module and take no lock of the parent.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                metas = []
-                for meta in pool.map(_write_track, tasks):
-                    metas.append(meta)
-                    bar.update()
-                return metas
-
-
-def _old_paths(manifest: Path) -> Iterator[str]:
-    """Relative paths listed by a previous manifest (none if it is unreadable)."""
-    try:
-        with open(manifest, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                yield row.get("path") or ""
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return
-
-
 def synth_music(
     out: str | Path, *, seed: int = 0, scale: str = "full", progress: bool = True
 ) -> Path:
@@ -993,7 +941,8 @@ def synth_music(
     tasks = [
         (spec, seed, i, str(staging / f"track_{i:04d}.wav")) for i in range(spec.n_tracks)
     ]
-    metas = _run(tasks, progress)
+    metas = render_parallel(_write_track, tasks, progress=progress, desc="synth music",
+                            unit="track", min_parallel=_PARALLEL_MIN_TRACKS)
     splits = _assign_splits([m["tags"] for m in metas], seed)
 
     rows: list[tuple[str, dict[str, Any]]] = []

@@ -58,10 +58,10 @@ QUICK: dict[str, Any] = {
     "views.max_gap": 8.0,
     "fewshot.segment_seconds": 2.0,
     "train.batch_size": 32,
-    "train.max_steps": 150,
-    "train.warmup_steps": 15,
+    "train.max_steps": 400,
+    "train.warmup_steps": 40,
     "train.num_workers": 1,
-    "train.checkpoint_every_n_steps": 50,
+    "train.checkpoint_every_n_steps": 100,
 }
 #: ``--quick`` head sizes (the seed's 1024 -> 2048 head scaled to the 256-d embedding)
 QUICK_HEAD = {"hidden_dim": 256, "out_dim": 512, "pred_hidden_dim": 256}

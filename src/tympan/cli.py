@@ -36,6 +36,13 @@ def _write_json(path: str | None, payload: Any) -> None:
         Path(path).write_text(json.dumps(payload, indent=2))
 
 
+def _report_skipped(skipped: list[dict[str, str]]) -> None:
+    if skipped:
+        print(f"skipped {len(skipped)} unusable file(s):", file=sys.stderr)
+        for s in skipped:
+            print(f"  {s['path']}: {s['reason']}", file=sys.stderr)
+
+
 def cmd_corpus(args: argparse.Namespace) -> int:
     if args.corpus_command == "synth-music":
         from tympan.data.music import synth_music as make
@@ -93,10 +100,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         progress=not args.quiet, overrides=_parse_set(args.set),
     )
     summary = result.to_json()
-    if result.skipped:
-        print(f"skipped {len(result.skipped)} unusable file(s):", file=sys.stderr)
-        for s in result.skipped:
-            print(f"  {s['path']}: {s['reason']}", file=sys.stderr)
+    _report_skipped(result.skipped)
     print(
         f"pretrained {result.steps} steps on {result.clips} clips in {result.wall_seconds:.0f} s "
         f"-> {result.run}"
@@ -114,20 +118,10 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
         queries=args.queries, episodes=args.episodes, seed=args.seed, task=args.task,
         recipe=args.recipe, skip_bad=args.skip_bad, device=args.device, progress=not args.quiet,
     )
-    if res.skipped:
-        print(f"skipped {len(res.skipped)} unusable file(s):", file=sys.stderr)
-        for s in res.skipped:
-            print(f"  {s['path']}: {s['reason']}", file=sys.stderr)
+    _report_skipped(res.skipped)
     print(format_table([res.to_json()]))
     _write_json(args.json, res.to_json())
     return 0
-
-
-def _report_skipped(skipped: list[dict[str, str]]) -> None:
-    if skipped:
-        print(f"skipped {len(skipped)} unusable file(s):", file=sys.stderr)
-        for s in skipped:
-            print(f"  {s['path']}: {s['reason']}", file=sys.stderr)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -219,6 +213,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _frozen_model_args(p: argparse.ArgumentParser) -> None:
+    """Options of every command that runs a frozen encoder over a dataset."""
+    p.add_argument("--recipe", help="architecture for 'random'/'logmel' (default: simclr)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable audio and report it")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tympan", description="Self-supervised audio representation learning."
@@ -277,9 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--episodes", type=int, default=600)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--task", help="use one task's features (default: all tasks concatenated)")
-    f.add_argument("--recipe", help="architecture for 'random'/'logmel' (default: simclr)")
-    f.add_argument("--skip-bad", action="store_true", help="skip unreadable audio and report it")
-    f.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    _frozen_model_args(f)
     f.add_argument("--json", help="write the result JSON here")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     f.set_defaults(func=cmd_fewshot)
@@ -301,9 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--epochs", type=int, help="probe epochs of 128 steps (default: 25)")
     pr.add_argument("--out", help="folder for probe.json, probe.md and limited_data.png")
     pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--recipe", help="architecture for 'random'/'logmel' (default: simclr)")
-    pr.add_argument("--skip-bad", action="store_true", help="skip unreadable audio and report it")
-    pr.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    _frozen_model_args(pr)
     pr.add_argument("--json", help="also write the result JSON here")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     pr.set_defaults(func=cmd_probe)
@@ -314,9 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output .npz")
     e.add_argument("--split", help="one split (default: every clip)")
     e.add_argument("--task", help="one task's features (default: all tasks concatenated)")
-    e.add_argument("--recipe", help="architecture for 'random'/'logmel' (default: simclr)")
-    e.add_argument("--skip-bad", action="store_true", help="skip unreadable audio and report it")
-    e.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    _frozen_model_args(e)
     e.add_argument("--seed", type=int, default=0, help="initialisation of 'random'")
     e.add_argument("--json", help="also write the summary JSON here")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -340,9 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("run", help="run directory, 'random' or 'logmel'")
         q.add_argument("--out", help="output folder (default: RUN/analysis)")
         q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--recipe", help="architecture for 'random'/'logmel' (default: simclr)")
-        q.add_argument("--skip-bad", action="store_true", help="skip unreadable audio and report it")
-        q.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+        _frozen_model_args(q)
         q.add_argument("--json", help="also write the summary JSON here")
         q.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         q.set_defaults(func=cmd_analyze)

@@ -56,7 +56,7 @@ import multiprocessing
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -746,6 +746,20 @@ def _old_paths(manifest: Path) -> Iterator[str]:
         return
 
 
+def check_corpus_args(
+    scale: str, scales: Mapping[str, Any], seed: Any, out: str | Path, what: str
+) -> None:
+    """The checks every embedded-corpus generator makes before writing (``what`` names it)."""
+    if scale not in scales:
+        choices = ", ".join(sorted(scales))
+        raise ConfigError(f"unknown {what} scale {scale!r}; choose one of {choices}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"{what} seed must be a non-negative integer, got {seed!r}")
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise TympanError(f"{root}: exists and is not a folder; give a folder for the corpus")
+
+
 def synth_corpus(
     out: str | Path, *, seed: int = 0, scale: str = "full", progress: bool = True
 ) -> Path:
@@ -768,15 +782,9 @@ def synth_corpus(
     Raises:
         TympanError: unknown scale, negative seed, or ``out`` is an existing file.
     """
-    if scale not in CORPUS_SCALES:
-        choices = ", ".join(sorted(CORPUS_SCALES))
-        raise ConfigError(f"unknown corpus scale {scale!r}; choose one of {choices}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"corpus seed must be a non-negative integer, got {seed!r}")
+    check_corpus_args(scale, CORPUS_SCALES, seed, out, "corpus")
     spec = CORPUS_SCALES[scale]
     root = Path(out)
-    if root.exists() and not root.is_dir():
-        raise TympanError(f"{root}: exists and is not a folder; give a folder for the corpus")
     if (root / _MANIFEST).is_dir():
         raise TympanError(f"{root / _MANIFEST}: is a folder; remove it or choose another folder")
     try:

@@ -91,6 +91,7 @@ from tympan.data.corpora import (
     _shape_spectrum,
     _time,
     _vibrato,
+    check_corpus_args,
     render_parallel,
 )
 from tympan.data.manifest import Item, write_manifest
@@ -917,16 +918,10 @@ def synth_music(
     Raises:
         TympanError: unknown scale, negative seed, or ``out`` is an existing file.
     """
-    if scale not in MUSIC_SCALES:
-        choices = ", ".join(sorted(MUSIC_SCALES))
-        raise ConfigError(f"unknown music corpus scale {scale!r}; choose one of {choices}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"music corpus seed must be a non-negative integer, got {seed!r}")
+    check_corpus_args(scale, MUSIC_SCALES, seed, out, "music corpus")
     spec = MUSIC_SCALES[scale]
     seed = int(seed)
     root = Path(out)
-    if root.exists() and not root.is_dir():
-        raise TympanError(f"{root}: exists and is not a folder; give a folder for the corpus")
     for name in (_MANIFEST, _SIDECAR):
         if (root / name).is_dir():
             raise TympanError(f"{root / name}: is a folder; remove it or choose another folder")

@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 DEMO_DIR ?= demo
+# the optional extras are installed too, so that the tests exercise every feature (openSMILE
+# labels, Hugging Face backbones, UMAP, WebDataset shards); all come from the package registry
+EXTRAS ?= dev,all
 
 .PHONY: venv demo test clean
 
@@ -16,7 +19,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
 demo: venv

@@ -80,7 +80,7 @@ def embed(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Embed every clip of ``data`` (one split, or all) and write an ``.npz`` file.
+    """Embed every clip of ``data`` (one split, or all) and write an ``.npz`` or ``.parquet`` file.
 
     The file holds ``embeddings [N, D]``, ``paths``, ``labels`` (multi-label joined by ``;``),
     ``tasks`` and ``task_slices [len(tasks), 2]``: the columns each task owns (ARCHITECTURE,
@@ -93,6 +93,9 @@ def embed(
     from tympan.data.scan import scan_items
     from tympan.evaluation.features import embed_clips
 
+    out = Path(out)
+    if out.suffix not in (".npz", ".parquet"):
+        raise TympanError(f"--out {out}: give a .npz or .parquet file name")
     manifest = read_manifest(data, check_files=not skip_bad)
     if split:
         manifest = manifest.select(split)
@@ -108,23 +111,52 @@ def embed(
         slices = encoder.task_slices()
     else:
         slices = {task: (0, emb.shape[1])}
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(
-        tmp,
-        embeddings=emb.astype(np.float32),
-        paths=np.array([str(it.path) for it in report.items]),
-        labels=np.array([";".join(it.labels) for it in report.items]),
-        tasks=np.array(list(slices)),
-        task_slices=np.array(list(slices.values()), dtype=np.int64).reshape(-1, 2),
-    )
-    tmp.replace(out)
+    paths = [str(it.path) for it in report.items]
+    labels = [";".join(it.labels) for it in report.items]
+    if out.suffix == ".parquet":
+        _write_embeddings_parquet(out, emb.astype(np.float32), paths, labels, slices)
+    else:
+        tmp = out.with_name(out.name + ".tmp.npz")
+        np.savez(
+            tmp,
+            embeddings=emb.astype(np.float32),
+            paths=np.array(paths),
+            labels=np.array(labels),
+            tasks=np.array(list(slices)),
+            task_slices=np.array(list(slices.values()), dtype=np.int64).reshape(-1, 2),
+        )
+        tmp.replace(out)
     return {
         "model": str(model), "out": str(out), "clips": len(report.items),
         "dim": int(emb.shape[1]), "tasks": {t: list(v) for t, v in slices.items()},
         "skipped": report.skipped, "split": split,
     }
+
+
+def _write_embeddings_parquet(
+    out: Path, emb: Any, paths: list[str], labels: list[str], slices: dict[str, tuple[int, int]]
+) -> None:
+    """The embeddings contract as a Parquet table: columns ``path``, ``label`` and
+    ``embedding`` (a fixed-size list of float32); the task slices in the schema metadata
+    (``tympan.task_slices``, JSON). Written atomically."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise TympanError(
+            f"--out {out}: writing Parquet needs pyarrow (pip install 'tympan[scale]'), or "
+            f"use a .npz file"
+        ) from None
+    dim = int(emb.shape[1])
+    column = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), dim)
+    table = pa.table({"path": paths, "label": labels, "embedding": column})
+    table = table.replace_schema_metadata(
+        {"tympan.task_slices": json.dumps({t: list(v) for t, v in slices.items()})}
+    )
+    tmp = out.with_name(out.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(out)
 
 
 def probe(

@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("embed", help="embed a dataset's clips with a frozen encoder (.npz)")
     e.add_argument("--model", required=True, help="run directory, 'random' or 'logmel'")
     e.add_argument("--data", required=True, help="manifest CSV or class-folder")
-    e.add_argument("--out", required=True, help="output .npz")
+    e.add_argument("--out", required=True, help="output .npz or .parquet")
     e.add_argument("--split", help="one split (default: every clip)")
     e.add_argument("--task", help="one task's features (default: all tasks concatenated)")
     _frozen_model_args(e)

@@ -25,6 +25,7 @@ from tympan.errors import TympanError
 from tympan.evaluation.features import resolve_model
 from tympan.evaluation.fewshot import FewShotBench, FewShotResult
 from tympan.evaluation.metrics import intervals_overlap
+from tympan.finetune import finetune  # noqa: F401  (part of the Python API)
 from tympan.models.encoder import load_encoder
 from tympan.report.plots import plot_fewshot
 from tympan.training.pretrain import PretrainResult, pretrain, pretrain_or_reuse
@@ -423,3 +424,104 @@ def demo(
     summary = {"results": results, "simclr_beats_random_1shot": beats, "timings": timings}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return {**summary, "table": table, "verdict": verdict, "markdown": text}
+
+
+def pretext_validate(
+    ci: str | Path,
+    *,
+    errors: str | Path | None = None,
+    train: bool = False,
+    data: str | Path | None = None,
+    labels: str | Path | None = None,
+    out: str | Path | None = None,
+    max_steps: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The seed's individual-selection check (seed 004, section IV): Spearman and Kendall rank
+    correlation between each candidate's CI estimate (the ``ci`` table of a selection JSON) and
+    its downstream error, read from ``errors`` (CSV ``candidate,error``) or measured with
+    ``train`` (:func:`tympan.reproduce.pretext.candidate_errors`: one short pretraining per
+    candidate on ``data``'s pretrain split, then a probe; error = 1 - accuracy)."""
+    from tympan.pretext.validate import format_validation, read_errors_csv, validate_estimates
+
+    record = _read_selection(ci)
+    if (errors is None) == (not train):
+        raise TympanError("pretext validate: give either --errors CSV or --train (not both)")
+    measured: dict[str, Any] | None = None
+    if train:
+        from tympan.reproduce.pretext import candidate_errors
+
+        if data is None:
+            raise TympanError("pretext validate --train needs --data (a manifest with a "
+                              "'pretrain' split and a labelled train/val/test split)")
+        labels = labels or record.get("settings", {}).get("labels_file")
+        if not labels:
+            raise TympanError(f"{ci} records no labels file: give --labels")
+        measured = candidate_errors(data, labels, sorted(record["ci"]), out=Path(out).parent
+                                    if out else Path("runs/pretext_validate"),
+                                    max_steps=max_steps, seed=seed, progress=progress)
+        errs = {name: r["error"] for name, r in measured.items()}
+    else:
+        errs = read_errors_csv(errors)  # type: ignore[arg-type]
+    result = validate_estimates(record["ci"], errs)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        result.to_json(out)
+    return {**result.to_dict(), "markdown": format_validation(result), "trained": measured}
+
+
+def _read_selection(path: str | Path) -> dict[str, Any]:
+    """A selection JSON of ``tympan pretext select`` (keys ``weights``, ``ci``, ``settings``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise TympanError(f"{p}: no such selection file; write one with 'tympan pretext select'")
+    try:
+        record = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise TympanError(f"{p}: not JSON ({exc})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("ci"), dict):
+        raise TympanError(f"{p}: not a selection of 'tympan pretext select' (no 'ci' table)")
+    return record
+
+
+def pretext_robustness(
+    data: str | Path,
+    labels: str | Path,
+    out: str | Path,
+    *,
+    split: str | None = None,
+    n_classes: list[int] | None = None,
+    per_class: list[int] | None = None,
+    draws: int = 10,
+    seed: int = 0,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """CI estimates on growing random subsets of classes and of clips per class, ``draws`` each
+    (seed 004, section IX, Fig. 3): ``robustness.json``, ``robustness.md`` and the boxplots
+    ``robustness.png`` in ``out``."""
+    from tympan.pretext.robustness import (
+        format_robustness,
+        plot_robustness,
+        robustness_study,
+        robustness_to_json,
+    )
+    from tympan.pretext.select import selection_inputs
+
+    X, z, y, _ = selection_inputs(data, labels, split=split, max_per_class=None, seed=seed,
+                                  skip_bad=skip_bad, progress=progress)
+    records = robustness_study(X, z, y, n_classes=n_classes, per_class=per_class, draws=draws,
+                               seed=seed)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"json": str(folder / "robustness.json"), "md": str(folder / "robustness.md"),
+             "png": str(folder / "robustness.png")}
+    robustness_to_json(records, files["json"])
+    text = format_robustness(records)
+    Path(files["md"]).write_text(
+        f"# Robustness of the CI estimates on {data}\n\nHSIC(X, Z | Y) of each candidate on "
+        f"random subsets ({draws} draws per size).\n\n{text}\n\n![boxplots](robustness.png)\n"
+    )
+    plot_robustness(records, files["png"])
+    return {"records": len(records), "markdown": text, "files": files}

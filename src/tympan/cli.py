@@ -200,6 +200,78 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretext(args: argparse.Namespace) -> int:
+    """``tympan pretext labels|select|validate|robustness`` (seed 004)."""
+    from tympan import api
+
+    names = args.candidates.split(",") if getattr(args, "candidates", None) else None
+    if args.pretext_command == "labels":
+        from tympan.pretext.labels import extract_labels
+
+        labels = extract_labels(
+            args.data, args.out, candidates=names, sample_rate=args.sample_rate,
+            workers=args.workers, cache_dir=args.cache_dir, skip_bad=args.skip_bad,
+            progress=not args.quiet,
+        )
+        _report_skipped(labels.skipped)
+        print(f"{len(labels.paths)} clips x {len(labels.names)} candidates "
+              f"({', '.join(labels.names)}) at {labels.hop_seconds * 1000:g} ms frames: {args.out}")
+        return 0
+    if args.pretext_command == "select":
+        from tympan.pretext.select import format_selection, select_from_data
+
+        sel = select_from_data(
+            args.data, args.labels, args.method, candidates=names, split=args.split,
+            max_per_class=args.max_per_class or None, p=args.p, steps=args.steps, lr=args.lr,
+            sigma=args.sigma, seed=args.seed, skip_bad=args.skip_bad, progress=not args.quiet,
+            out=args.out,
+        )
+        print(f"{args.method} selection (CI = HSIC(X, Z | Y), lower = more useful):")
+        print(format_selection(sel))
+        print(f"written to {args.out}")
+        return 0
+    if args.pretext_command == "validate":
+        summary = api.pretext_validate(
+            args.ci, errors=args.errors, train=args.train, data=args.data, labels=args.labels,
+            out=args.out, max_steps=args.max_steps, seed=args.seed, progress=not args.quiet,
+        )
+        print(summary["markdown"])
+        if args.out:
+            print(f"written to {args.out}")
+        return 0
+    summary = api.pretext_robustness(
+        args.data, args.labels, args.out, split=args.split, n_classes=args.n_classes,
+        per_class=args.per_class, draws=args.draws, seed=args.seed, skip_bad=args.skip_bad,
+        progress=not args.quiet,
+    )
+    print(summary["markdown"])
+    print("written to " + ", ".join(summary["files"].values()))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from tympan.api import finetune
+
+    if args.folds is None:
+        folds: Any = None
+    elif args.folds in ("all", "none"):
+        folds = args.folds == "all"
+    else:
+        folds = [int(f) for f in args.folds.split(",")]
+    seeds: Any = [int(x) for x in args.seeds.split(",")] if "," in args.seeds else int(args.seeds)
+    res = finetune(
+        args.method, args.backbone, args.data, args.out, seeds=seeds, folds=folds,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        m_per_class=args.m_per_class, temperature=args.temperature,
+        projection_dim=args.projection_dim, clip_seconds=args.clip_seconds, recipe=args.recipe,
+        device=args.device, skip_bad=args.skip_bad, resume=args.resume,
+        progress=not args.quiet,
+    )
+    print((Path(args.out) / "results.md").read_text())
+    _write_json(args.json, res.to_json())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from tympan.api import demo
 
@@ -375,6 +447,95 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     rp.set_defaults(func=cmd_reproduce)
+
+    pt = sub.add_parser(
+        "pretext", help="pretext-task labels, selection by conditional independence (HSIC)",
+        description="Zaiem & Parcollet's pretext-task selection (seed 004): extract signal-feature "
+                    "labels, estimate HSIC(X, Z | Y) per candidate for a labelled downstream task, "
+                    "weight a group of candidates, check the estimate against downstream errors.",
+    )
+    ptsub = pt.add_subparsers(dest="pretext_command", required=True)
+    pl = ptsub.add_parser("labels", help="per-frame and clip-mean pretext labels (openSMILE)")
+    pl.add_argument("--data", required=True, help="manifest CSV or class-folder")
+    pl.add_argument("--out", required=True, help="labels file (.npz)")
+    pl.add_argument("--candidates", help="comma-separated subset (default: all registered)")
+    pl.add_argument("--sample-rate", type=int, default=16000)
+    pl.add_argument("--workers", type=int, help="processes (default: min(cpus, 8))")
+    pl.add_argument("--cache-dir", help="per-file cache (default: OUT.cache/)")
+    pl.add_argument("--skip-bad", action="store_true", help="skip unusable audio and report it")
+    ps = ptsub.add_parser("select", help="rank and weight candidates for a downstream task")
+    ps.add_argument("--data", required=True, help="labelled downstream manifest")
+    ps.add_argument("--labels", required=True, help="file from 'tympan pretext labels'")
+    ps.add_argument("--method", default="sparsemax",
+                    choices=["sparsemax", "softmax", "mrmr", "rfe", "all"])
+    ps.add_argument("--out", required=True, help="weights JSON (for pretrain --pretext-weights)")
+    ps.add_argument("--split", help="downstream split to use (default: every clip)")
+    ps.add_argument("--candidates", help="comma-separated subset")
+    ps.add_argument("--max-per-class", type=int, default=300, help="0 keeps every clip")
+    ps.add_argument("--p", type=int, default=4, help="labels kept by mrmr/rfe")
+    ps.add_argument("--steps", type=int, default=300, help="gradient steps of softmax/sparsemax")
+    ps.add_argument("--lr", type=float, default=0.05)
+    ps.add_argument("--sigma", type=float, help="RBF width (default: median heuristic)")
+    ps.add_argument("--skip-bad", action="store_true", help="skip unusable audio and report it")
+    pv = ptsub.add_parser(
+        "validate", help="rank correlation of the CI estimates with downstream errors",
+        description="Spearman rho and Kendall tau between each candidate's CI estimate (from a "
+                    "selection JSON) and its downstream error: given as a CSV (candidate,error), "
+                    "or measured with --train (one short PASE pretraining per candidate, then a "
+                    "linear probe on --data; error = 1 - accuracy).",
+    )
+    pv.add_argument("--ci", required=True, help="selection JSON from 'tympan pretext select'")
+    pv.add_argument("--errors", help="CSV with columns candidate,error")
+    pv.add_argument("--train", action="store_true", help="measure the errors by training")
+    pv.add_argument("--data", help="--train: manifest with pretrain/train/val/test splits")
+    pv.add_argument("--labels", help="--train: labels file (default: the selection's)")
+    pv.add_argument("--max-steps", type=int, help="--train: pretraining steps per candidate")
+    pv.add_argument("--out", help="validation JSON")
+    pb = ptsub.add_parser("robustness", help="CI estimates on growing subsets, as boxplots")
+    pb.add_argument("--data", required=True, help="labelled downstream manifest")
+    pb.add_argument("--labels", required=True, help="file from 'tympan pretext labels'")
+    pb.add_argument("--out", required=True, help="output folder (JSON, Markdown, PNG)")
+    pb.add_argument("--split", help="downstream split to use (default: every clip)")
+    pb.add_argument("--n-classes", type=int, nargs="+", help="class counts to draw")
+    pb.add_argument("--per-class", type=int, nargs="+", help="clips per class to draw")
+    pb.add_argument("--draws", type=int, default=10)
+    pb.add_argument("--skip-bad", action="store_true", help="skip unusable audio and report it")
+    for q in (pl, ps, pv, pb):
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        q.set_defaults(func=cmd_pretext)
+
+    ft = sub.add_parser(
+        "finetune", help="PairTune (AudioConFit) or plain fine-tuning on labelled data",
+        description="Adapt a pretrained encoder to a labelled task (seed 002). pairtune: "
+                    "supervised contrastive fine-tuning with hard pair mining, then a linear "
+                    "classifier on the frozen tuned encoder (grid over lr and batch size on the "
+                    "val split); finetune: end-to-end cross-entropy. Mean ± std over seeds, or "
+                    "over the folds of a 'fold' column.",
+    )
+    ft.add_argument("--method", required=True, choices=["pairtune", "finetune"])
+    ft.add_argument("--backbone", required=True,
+                    help="run directory, 'random' or hf:/path/to/local/model (wav2vec 2.0, "
+                         "HuBERT, WavLM)")
+    ft.add_argument("--data", required=True, help="manifest with train/val/test splits or folds")
+    ft.add_argument("--out", required=True, help="run directory")
+    ft.add_argument("--seeds", default="5", help="number of seeds, or a comma list (default: 5)")
+    ft.add_argument("--folds", help="'all', 'none' or a comma list of test folds "
+                                    "(default: all folds when the manifest has a fold column)")
+    ft.add_argument("--epochs", type=int, default=40)
+    ft.add_argument("--batch-size", type=int, default=32)
+    ft.add_argument("--lr", type=float, default=5e-5, help="Adam learning rate (seed: 5e-5)")
+    ft.add_argument("--m-per-class", type=int, help="clips per class in a batch (default: auto)")
+    ft.add_argument("--temperature", type=float, default=0.1, help="SupCon temperature")
+    ft.add_argument("--projection-dim", type=int, default=256)
+    ft.add_argument("--clip-seconds", type=float, default=2.0, help="training crop length")
+    ft.add_argument("--recipe", help="architecture of 'random' (default: simclr)")
+    ft.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    ft.add_argument("--skip-bad", action="store_true", help="skip unreadable audio and report it")
+    ft.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    ft.add_argument("--json", help="also write the results JSON here")
+    ft.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    ft.set_defaults(func=cmd_finetune)
 
     d = sub.add_parser("demo", help="corpus -> SimCLR -> few-shot table (what `make demo` runs)")
     d.add_argument("--out", default="demo")

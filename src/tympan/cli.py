@@ -98,6 +98,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         devices=int(args.devices) if args.devices and args.devices.isdigit() else args.devices,
         accelerator=args.accelerator, strategy=args.strategy, num_nodes=args.num_nodes,
         progress=not args.quiet, overrides=_parse_set(args.set),
+        pretext_weights=args.pretext_weights, pretext_labels=args.pretext_labels,
     )
     summary = result.to_json()
     _report_skipped(result.skipped)
@@ -336,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-nodes", type=int)
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set train.lr=3e-4 (repeatable)")
+    t.add_argument("--pretext-weights", metavar="WEIGHTS_JSON",
+                   help="selection of 'tympan pretext select': its labels with weight > 0 are "
+                        "regressed frame by frame by weighted workers, added to the recipe's "
+                        "objective (seed 004, eq. 11)")
+    t.add_argument("--pretext-labels", metavar="LABELS_NPZ",
+                   help="labels of 'tympan pretext labels' (default: the selection's)")
     t.add_argument("--json", help="also write the summary JSON here")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_pretrain)

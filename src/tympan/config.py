@@ -13,6 +13,7 @@ any other value is read as a path.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -66,6 +67,10 @@ class ModelConfig:
     pooling: str = "mean"
     #: embedding size of attention pooling (seed 003: 1024); ``None`` keeps the backbone's channels
     embed_dim: int | None = None
+    #: backbone-specific sizes, checked by the backbone's builder (unknown keys are an error):
+    #: e.g. ``arch: pase`` takes ``channels``, ``lstm_layers``, ... (:mod:`tympan.models.pase`);
+    #: ``resnet18`` takes none (it is sized by ``width``)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -137,6 +142,26 @@ class TaskConfig:
 
 
 @dataclass
+class PretextConfig:
+    """Selected pretext-task labels and their weights (Zaiem & Parcollet,
+    ``../shared/seeds/004_f3e19d7efff003e6.txt``, section IV-B, eq. 11 and 12).
+
+    ``tympan pretrain --pretext-weights weights.json`` fills this section from the selection
+    written by ``tympan pretext select`` so that a run directory's ``config.yaml`` says which
+    labels its workers regressed and with which weights ``lambda_i`` (and ``--resume`` rebuilds
+    the same workers). Read by the ``pretext_workers`` and ``pase`` objectives
+    (:mod:`tympan.methods.workers`).
+    """
+
+    #: the frame-label file written by ``tympan pretext labels`` (``.npz``)
+    labels: str | None = None
+    #: label name -> weight ``lambda_i`` (>= 0), in the order of the worker heads
+    weights: dict[str, float] = field(default_factory=dict)
+    #: the selection file the weights were read from (a record; not read again)
+    selection: str | None = None
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and the Lightning trainer."""
 
@@ -183,6 +208,7 @@ class Recipe:
     tasks: list[TaskConfig] = field(default_factory=lambda: [TaskConfig()])
     train: TrainConfig = field(default_factory=TrainConfig)
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -190,6 +216,11 @@ class Recipe:
     @property
     def task_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tasks)
+
+
+#: objectives that read one view only: with them alone, ``views.kind: augment`` may have no ops
+#: (the seed-004 PASE-like model trains on clean speech; :mod:`tympan.methods.workers`)
+SINGLE_VIEW_OBJECTIVES: frozenset[str] = frozenset({"pase"})
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -395,9 +426,19 @@ def validate(recipe: Recipe) -> None:
     need(0 <= v.min_gap <= v.max_gap,
          f"recipe fields 'views.min_gap' and 'views.max_gap' must satisfy 0 <= min_gap <= max_gap, "
          f"got {v.min_gap} and {v.max_gap}")
-    need(v.kind == "same_track" or len(recipe.augment.ops) > 0,
+    single_view = all(t.objective in SINGLE_VIEW_OBJECTIVES for t in recipe.tasks)
+    need(v.kind == "same_track" or len(recipe.augment.ops) > 0 or single_view,
          "recipe field 'augment.ops' is empty: with 'views.kind: augment' both views would be "
          "the same crop; name at least one op, or use 'views.kind: same_track'")
+    need(isinstance(m.options, dict), "recipe field 'model.options' must be a mapping")
+    p = recipe.pretext
+    need(isinstance(p.weights, dict), "recipe field 'pretext.weights' must be a mapping "
+                                      "{label name: weight}")
+    for name, w in p.weights.items():
+        need(isinstance(name, str) and bool(name),
+             f"recipe field 'pretext.weights': label names must be strings, got {name!r}")
+        need(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0,
+             f"recipe field 'pretext.weights.{name}' must be a finite number >= 0, got {w!r}")
 
 
 def save_recipe(recipe: Recipe, path: Path) -> None:

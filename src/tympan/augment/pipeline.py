@@ -27,6 +27,12 @@ class Views:
 
     ``view1, view2 [B, T]``; ``labels [B, n_ops]`` multi-hot in ``op_names`` order;
     ``order [B, max_ops]`` op indices in application order, ``-1`` past each clip's count.
+
+    The training step also records where the batch came from, for tasks whose targets are
+    computed from the clean audio (the workers of seed 004, :mod:`tympan.methods.workers`):
+    ``clean [B, T]`` the crops before augmentation, ``index [B]`` their dataset items, ``start
+    [B]`` and ``length [B]`` the crop's first sample and the file's length in samples
+    (:class:`tympan.data.dataset.CropDataset`). ``None`` where the data do not provide them.
     """
 
     view1: torch.Tensor
@@ -36,6 +42,10 @@ class Views:
     op_names: tuple[str, ...]
     #: per-step memo of encoder outputs shared by tasks (see ``PretextTask.encode_pair``)
     cache: dict = field(default_factory=dict, repr=False, compare=False)
+    clean: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    index: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    start: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    length: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 class ViewPipeline:

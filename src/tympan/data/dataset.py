@@ -32,7 +32,10 @@ def fit_length(wav: np.ndarray, num_samples: int, start: int = 0) -> np.ndarray:
 class CropDataset(Dataset):
     """One fixed-length crop per item: random each time (training) or the centre (evaluation).
 
-    Returns ``{"audio": float32 tensor [num_samples], "index": int}``.
+    Returns ``{"audio": float32 tensor [num_samples], "index": int, "start": int, "length":
+    int}``: ``start`` is the crop's first sample in the file and ``length`` the file's length in
+    samples (a file shorter than the crop is tiled from sample 0), so that frame labels of the
+    file can be aligned with the crop (the workers of seed 004, :mod:`tympan.methods.workers`).
     """
 
     def __init__(
@@ -55,7 +58,10 @@ class CropDataset(Dataset):
         else:
             start = spare // 2
         crop = fit_length(wav, self.num_samples, start)
-        return {"audio": torch.from_numpy(np.ascontiguousarray(crop)), "index": index}
+        return {
+            "audio": torch.from_numpy(np.ascontiguousarray(crop)), "index": index,
+            "start": start, "length": len(wav),
+        }
 
 
 class SameTrackPairDataset(Dataset):

@@ -14,6 +14,7 @@ from tympan.methods.dino import DINOTask
 from tympan.methods.multiview import BarlowTwinsTask, VICRegTask
 from tympan.methods.simclr import SimCLRTask
 from tympan.methods.simsiam import SimSiamTask
+from tympan.methods.workers import PASETask, PretextWorkersTask
 
 TaskBuilder = Callable[[str, int, dict[str, Any], dict[str, Any], Recipe], PretextTask]
 
@@ -26,6 +27,8 @@ TASKS: dict[str, TaskBuilder] = {
     "dino": DINOTask,
     "barlow_twins": BarlowTwinsTask,
     "vicreg": VICRegTask,
+    "pretext_workers": PretextWorkersTask,
+    "pase": PASETask,
 }
 
 

@@ -57,7 +57,8 @@ class Encoder(nn.Module):
         self.frontend = LogMel(recipe.frontend, recipe.audio.sample_rate)
         self.tasks: tuple[str, ...] = recipe.task_names
         self.backbone = ARCHS[recipe.model.arch](
-            recipe.frontend.channels, recipe.model.width, recipe.model.adapter, self.tasks
+            recipe.frontend.channels, recipe.model.width, recipe.model.adapter, self.tasks,
+            options=recipe.model.options, n_mels=recipe.frontend.n_mels,
         )
         n = len(self.tasks)
         #: whether each task runs the backbone with parameters of its own
@@ -124,6 +125,12 @@ class Encoder(nn.Module):
         pooling) or the per-frame values that attention pooling averages."""
         return self.pool.frames(self.full_feature_map(x, task))[..., self._share(task)]
 
+    def frames_and_pooled(self, x: Tensor, task: str) -> tuple[Tensor, Tensor]:
+        """One backbone pass giving both :meth:`frames` ``[B, T', D]`` and :meth:`pooled`
+        ``[B, C]`` (frame-level workers and a pooled objective can then share the pass)."""
+        fmap = self.full_feature_map(x, task)
+        return self.pool.frames(fmap)[..., self._share(task)], self.pool(fmap)
+
     def forward(self, x: Tensor, task: str | None = None) -> Tensor:
         if task is not None:
             return self.select(self.pooled(x, task), task)
@@ -142,7 +149,8 @@ class Encoder(nn.Module):
         per_task = task_parameter_counts(self.backbone, self.tasks)
         total = sum(p.numel() for p in self.parameters())
         plain = ARCHS[self.recipe.model.arch](
-            self.recipe.frontend.channels, self.recipe.model.width, "none", ("single",)
+            self.recipe.frontend.channels, self.recipe.model.width, "none", ("single",),
+            options=self.recipe.model.options, n_mels=self.recipe.frontend.n_mels,
         )
         # one plain network is the backbone without adapters plus the (task-agnostic) pooling
         single = sum(p.numel() for p in plain.parameters()) + sum(

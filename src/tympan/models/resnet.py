@@ -8,11 +8,14 @@ uses the shared weights plus its own adapters (:mod:`tympan.models.adapters`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
+from tympan.errors import ConfigError
 from tympan.models.adapters import conv_slot, norm_slot, zero_adapters
+from tympan.models.pase import pase
 
 
 def _conv3x3(cin: int, cout: int, stride: int) -> nn.Conv2d:
@@ -86,9 +89,19 @@ class ResNet(nn.Module):
         return x
 
 
-def resnet18(in_channels: int, width: int, adapter: str, tasks: Sequence[str]) -> ResNet:
+def resnet18(
+    in_channels: int, width: int, adapter: str, tasks: Sequence[str], *,
+    options: dict[str, Any] | None = None, n_mels: int | None = None,
+) -> ResNet:
+    """Builder of ``model.arch: resnet18``, sized by ``width``; it takes no ``model.options``."""
+    if options:
+        raise ConfigError(
+            f"unknown recipe field 'model.options.{sorted(options)[0]}': the resnet18 backbone "
+            f"takes no options (it is sized by 'model.width'); remove 'model.options'"
+        )
     return ResNet(in_channels, width, (2, 2, 2, 2), adapter, tasks)
 
 
-#: backbone name -> builder(in_channels, width, adapter, tasks)
-ARCHS = {"resnet18": resnet18}
+#: backbone name -> builder(in_channels, width, adapter, tasks, *, options, n_mels), where
+#: ``options`` is the recipe's ``model.options`` and ``n_mels`` the front end's mel bands
+ARCHS: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18, "pase": pase}

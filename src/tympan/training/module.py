@@ -21,6 +21,7 @@ from torch import nn
 from tympan.augment.pipeline import ViewPipeline
 from tympan.config import Recipe
 from tympan.methods.registry import build_task
+from tympan.methods.workers import FrameLabels
 from tympan.models.encoder import Encoder
 
 
@@ -35,7 +36,11 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 class PretrainModule(pl.LightningModule):
     """Encoder + tasks + views; ``training_step`` returns the weighted sum of task losses."""
 
-    def __init__(self, recipe: Recipe, seed: int = 0) -> None:
+    def __init__(
+        self, recipe: Recipe, seed: int = 0, frame_labels: FrameLabels | None = None
+    ) -> None:
+        """``frame_labels``: the pretext-task labels of the training items (rows in dataset
+        order) for worker tasks (``pretext_workers``, ``pase``; seed 004)."""
         super().__init__()
         self.recipe = recipe
         self.seed = seed
@@ -45,6 +50,13 @@ class PretrainModule(pl.LightningModule):
         )
         for task in self.tasks.values():
             task.attach(self.encoder)  # teachers copy the encoder before any weights are loaded
+            if hasattr(task, "use_labels"):
+                task.use_labels(frame_labels)
+        # tasks that fill the shared backbone pass run first (workers: frames of both views,
+        # whose pooled output two-view objectives reuse); the weighted sum does not depend on it
+        self.task_order = sorted(
+            self.tasks, key=lambda n: not getattr(self.tasks[n], "runs_first", False)
+        )
         self.weights = {t.name: t.weight for t in recipe.tasks}
         self.views = ViewPipeline(recipe.augment)
         self._generator: torch.Generator | None = None
@@ -77,9 +89,13 @@ class PretrainModule(pl.LightningModule):
             views = self.views.pair(wav, batch["audio2"], self.generator)
         else:
             views = self.views(wav, self.generator)
+        # where the crops came from, for targets computed from the clean audio (workers)
+        views.clean, views.index = wav, batch.get("index")
+        views.start, views.length = batch.get("start"), batch.get("length")
         total = wav.new_zeros(())
         logs: dict[str, torch.Tensor] = {}
-        for name, task in self.tasks.items():
+        for name in self.task_order:
+            task = self.tasks[name]
             out = task(self.encoder, views)
             total = total + self.weights[name] * out.loss
             logs[f"{name}/loss"] = out.loss.detach()

@@ -3,6 +3,14 @@
 Run directory (ARCHITECTURE.md, "Contracts"): ``config.yaml`` (resolved recipe),
 ``encoder.safetensors``, ``metrics.csv``, ``checkpoints/last.ckpt`` (for ``--resume``) and
 ``pretrain.json`` (a machine-readable summary: steps, clips, skipped files, parameters, time).
+
+Pretext workers (Zaiem & Parcollet, ``../shared/seeds/004_f3e19d7efff003e6.txt``, eq. 11 and
+12): ``pretext_weights`` (the ``weights.json`` of ``tympan pretext select``) records the labels
+with ``lambda_i > 0`` and the labels file in the recipe's ``pretext`` section and, unless the
+recipe already has a ``pretext_workers`` or ``pase`` task, appends a task ``workers``
+(objective ``pretext_workers``, weight 1), so that any recipe trains
+``L = L_ssl + sum_i lambda_i l1(Z_i)``. The frame labels of the training items are read from
+``pretext.labels`` at every start, ``--resume`` included.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ from tympan.config import Recipe, load_recipe, save_recipe
 from tympan.data.dataset import CropDataset, SameTrackPairDataset
 from tympan.data.manifest import Manifest, read_manifest
 from tympan.data.scan import scan_items
-from tympan.errors import TympanError
+from tympan.errors import ConfigError, TympanError
+from tympan.methods.workers import LABEL_OBJECTIVES, FrameLabels, read_selection
 from tympan.models.encoder import CONFIG_FILE, ENCODER_FILE, save_encoder
 from tympan.report.plots import plot_training_curves
 from tympan.training.checkpoints import AtomicCheckpointIO
@@ -86,6 +95,80 @@ def quiet_lightning() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def with_pretext(
+    cfg: Recipe, weights_file: str | Path | None, labels_file: str | Path | None
+) -> Recipe:
+    """``cfg`` with the pretext section filled from a selection file and/or a labels file, and a
+    ``workers`` task (objective ``pretext_workers``) appended if it has no worker task yet.
+
+    Only labels with ``lambda > 0`` are kept (sparsemax zeroes some; seed 004, section III-C).
+    ``labels_file`` overrides the selection's ``settings.labels_file``.
+    """
+    if weights_file is None and labels_file is None:
+        return cfg
+    data = cfg.to_dict()
+    pretext = dict(data["pretext"])
+    if weights_file is not None:
+        weights, from_selection = read_selection(weights_file)
+        kept = {name: w for name, w in weights.items() if w > 0}
+        if not kept:
+            raise TympanError(f"{weights_file}: every weight is 0; no pretext label to regress")
+        pretext.update(weights=kept, selection=str(Path(weights_file).resolve()))
+        if labels_file is None:
+            if from_selection is None:
+                raise TympanError(
+                    f"{weights_file} does not name its labels file (settings.labels_file); pass "
+                    f"the file written by tympan pretext labels with --pretext-labels"
+                )
+            labels_file = from_selection
+    if labels_file is not None:
+        pretext["labels"] = str(Path(labels_file).resolve())
+    data["pretext"] = pretext
+    if not any(t["objective"] in LABEL_OBJECTIVES for t in data["tasks"]):
+        if "workers" in {t["name"] for t in data["tasks"]}:
+            raise ConfigError(
+                "recipe field 'tasks': a task is named 'workers' but is no pretext_workers task; "
+                "rename it so that the pretext workers can be added"
+            )
+        data["tasks"].append(
+            {"name": "workers", "objective": "pretext_workers", "weight": 1.0}
+        )
+    return load_recipe(data)
+
+
+def needs_frame_labels(cfg: Recipe) -> bool:
+    """Whether a task of ``cfg`` regresses frame labels; raises (before any audio is read) when
+    the recipe cannot provide them."""
+    workers = [t for t in cfg.tasks if t.objective in LABEL_OBJECTIVES]
+    if not workers:
+        return False
+    first = f"recipe task '{workers[0].name}' (objective {workers[0].objective})"
+    if not cfg.pretext.weights:
+        if any(t.objective == "pretext_workers" for t in workers):
+            raise TympanError(
+                f"{first} has no labels to regress (recipe field 'pretext.weights' is empty); "
+                f"pretrain with --pretext-weights weights.json from tympan pretext select"
+            )
+        return False  # pase with its mel and MFCC workers only
+    if cfg.views.kind == "same_track":
+        raise ConfigError(
+            f"{first} regresses the frame labels of each crop, which 'views.kind: same_track' "
+            f"does not provide; use 'views.kind: augment' with pretext workers"
+        )
+    if not cfg.pretext.labels:
+        raise TympanError(
+            f"{first} needs frame labels but recipe field 'pretext.labels' is empty; pass "
+            f"--pretext-labels labels.npz (from tympan pretext labels) or --pretext-weights "
+            f"with a selection that names it"
+        )
+    if not Path(cfg.pretext.labels).is_file():
+        raise TympanError(
+            f"{cfg.pretext.labels}: no such labels file (recipe field 'pretext.labels'); create "
+            f"it with tympan pretext labels --data MANIFEST --out {cfg.pretext.labels}"
+        )
+    return True
+
+
 def pretrain(
     recipe: str | Path | Recipe,
     data: str | Path,
@@ -102,8 +185,15 @@ def pretrain(
     num_nodes: int | None = None,
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
+    pretext_weights: str | Path | None = None,
+    pretext_labels: str | Path | None = None,
 ) -> PretrainResult:
-    """Pretrain an encoder; see the module docstring for what lands in ``out``."""
+    """Pretrain an encoder; see the module docstring for what lands in ``out``.
+
+    ``pretext_weights``: a selection (``tympan pretext select``) whose labels are regressed by
+    weighted workers; ``pretext_labels``: the labels file (``tympan pretext labels``), which
+    overrides the one the selection names (module docstring).
+    """
     out = Path(out)
     ckpt = out / "checkpoints" / LAST_CKPT
     overrides = dict(overrides or {})
@@ -124,6 +214,14 @@ def pretrain(
         # the run's own resolved recipe wins; only steps/devices may change on resume
         saved = load_recipe(out / CONFIG_FILE)
         cfg = load_recipe(out / CONFIG_FILE, overrides)
+        if pretext_weights is not None or pretext_labels is not None:
+            wanted = with_pretext(saved, pretext_weights, pretext_labels).pretext
+            if (wanted.weights, wanted.labels) != (saved.pretext.weights, saved.pretext.labels):
+                raise TympanError(
+                    f"--resume: {out / CONFIG_FILE} records other pretext labels or weights than "
+                    f"the ones given; resume without --pretext-weights/--pretext-labels (the run "
+                    f"keeps its own) or start a new run"
+                )
         if cfg.train.max_steps != saved.train.max_steps:
             log.warning(
                 "resuming with max_steps %d instead of %d: the learning-rate schedule's horizon "
@@ -133,10 +231,12 @@ def pretrain(
         cfg = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
         if isinstance(recipe, Recipe) and overrides:
             cfg = load_recipe(recipe.to_dict(), overrides)
+        cfg = with_pretext(cfg, pretext_weights, pretext_labels)
 
     if not log.isEnabledFor(logging.DEBUG):
         quiet_lightning()
     pl.seed_everything(seed, workers=True, verbose=False)
+    labelled = needs_frame_labels(cfg)
     manifest = pretrain_items(read_manifest(data, check_files=not skip_bad), split)
     v = cfg.views
     pairs = v.kind == "same_track"
@@ -147,6 +247,11 @@ def pretrain(
     )
     if not report.items:
         raise TympanError(f"{data}: no usable audio to pretrain on")
+    frame_labels = None
+    if labelled:  # rows in the dataset's item order; names the first file without labels
+        frame_labels = FrameLabels.from_file(
+            cfg.pretext.labels, list(cfg.pretext.weights), [str(it.path) for it in report.items]
+        )
     if pairs:
         dataset = SameTrackPairDataset(
             report.items, cfg.audio.sample_rate, v.segment_seconds, v.min_gap, v.max_gap,
@@ -166,7 +271,7 @@ def pretrain(
         pin_memory=torch.cuda.is_available(),
     )
 
-    module = PretrainModule(cfg, seed=seed)
+    module = PretrainModule(cfg, seed=seed, frame_labels=frame_labels)
     monitor = CollapseMonitor({name: module.encoder.dim for name in module.tasks})
     out.mkdir(parents=True, exist_ok=True)
     checkpointing = ModelCheckpoint(

@@ -525,3 +525,23 @@ def pretext_robustness(
     )
     plot_robustness(records, files["png"])
     return {"records": len(records), "markdown": text, "files": files}
+
+
+def analyze_geometry(
+    run: str | Path | None = None,
+    *,
+    embeddings: str | Path | None = None,
+    out: str | Path | None = None,
+    compare: list[str] | None = None,
+    seed: int = 0,
+    k: int = 3,
+    folds: int = 5,
+    n_neighbors: int = 15,
+) -> dict[str, Any]:
+    """AudioConFit's geometry analyses (seed 002, section 3.4): anisotropy, dimensional
+    contribution, UMAP of the most-confused classes and convergence curves of a fine-tuning run
+    (or an embeddings file); see :func:`tympan.analysis.geometry.analyze_geometry`."""
+    from tympan.analysis.geometry import analyze_geometry as _analyze
+
+    return _analyze(run, embeddings=embeddings, out=out, compare=compare, seed=seed, k=k,
+                    folds=folds, n_neighbors=n_neighbors)

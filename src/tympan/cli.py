@@ -151,6 +151,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         _report_skipped(summary["skipped"])
         print(f"Mahalanobis distance original -> augmented, {summary['num_clips']} clips "
               f"(lower = more invariant; ± 95% CI)")
+    elif args.analysis == "geometry":
+        if args.run is None and args.embeddings is None:
+            raise TympanError("analyze geometry: give a run directory or --embeddings FILE")
+        summary = api.analyze_geometry(
+            args.run, embeddings=args.embeddings, out=args.out, compare=args.compare,
+            seed=args.seed, k=args.k, folds=args.folds, n_neighbors=args.n_neighbors,
+        )
     else:
         summary = api.analyze_head_weights(
             args.run, args.data, out=args.out, split=args.split, ways=args.ways,
@@ -396,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_embed)
 
-    a = sub.add_parser("analyze", help="diagnose a trained encoder (invariance, head weights)")
+    a = sub.add_parser("analyze", help="diagnose an encoder (invariance, head weights, geometry)")
     asub = a.add_subparsers(dest="analysis", required=True)
     ai = asub.add_parser(
         "invariance", help="Mahalanobis distance original -> augmented, per op and head",
@@ -418,6 +425,28 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--json", help="also write the summary JSON here")
         q.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         q.set_defaults(func=cmd_analyze)
+    ag = asub.add_parser(
+        "geometry", help="anisotropy, dimensional contribution, UMAP of confused classes, "
+                         "convergence curves",
+        description="AudioConFit's analyses (seed 002): anisotropy (mean pairwise cosine), "
+                    "dimensional contribution (top-1/2/3 share; dims reaching 50/80/90%%), a "
+                    "UMAP of the most-confused classes and validation-accuracy convergence per "
+                    "epoch. Writes JSON, Markdown, PNG and CSV.",
+    )
+    ag.add_argument("run", nargs="?", help="fine-tuning run directory (embeddings_test.npz, "
+                                           "confusion.json, convergence.csv)")
+    ag.add_argument("--embeddings", help="an embeddings .npz instead of a run (needs --out)")
+    ag.add_argument("--compare", nargs="+", help="more runs or embeddings files: one table row "
+                                                 "and UMAP panel each")
+    ag.add_argument("--out", help="output folder (default: RUN/analysis)")
+    ag.add_argument("--k", type=int, default=3, help="most-confused class pairs in the UMAP")
+    ag.add_argument("--folds", type=int, default=5,
+                    help="cross-validation folds for predictions when a file has none")
+    ag.add_argument("--n-neighbors", type=int, default=15, help="UMAP neighbours")
+    ag.add_argument("--seed", type=int, default=0)
+    ag.add_argument("--json", help="also write the summary JSON here")
+    ag.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    ag.set_defaults(func=cmd_analyze)
     ai.add_argument("--data", required=True, help="manifest CSV or class-folder")
     ai.add_argument("--split", help="default: 'pretrain' if the manifest has it, else all clips")
     ai.add_argument("--ops", nargs="+", help="augmentations to measure (default: the recipe's)")

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> Path | None:
@@ -153,6 +155,103 @@ def plot_limited_data(result: Any, out_png: str | Path) -> Path:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _class_colours(classes: Sequence[Any]) -> dict[str, Any]:
+    """One distinct colour per class, the same in every panel (tab10, tab20, then a ring)."""
+    n = len(classes)
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "hsv")
+    return {str(c): cmap(i if n <= 20 else i / n) for i, c in enumerate(classes)}
+
+
+def _field(panel: Any, name: str) -> Any:
+    return panel[name] if isinstance(panel, dict) else getattr(panel, name)
+
+
+def plot_umap(
+    panels: Any, out_png: str | Path, *, classes: Sequence[Any] | None = None, title: str | None = None
+) -> Path:
+    """2-D UMAP scatter coloured by class, one panel per run, one shared legend: AudioConFit's
+    Fig. 3, "UMAP visualisation of difficult classes ... selected by error analysis on the
+    confusion matrix" (``../shared/seeds/002_5040cf44179b95f4.txt``, §3.4).
+
+    ``panels`` maps a run name to a :class:`tympan.analysis.geometry.ConfusedUmap` or a dict
+    with ``coords [M, 2]`` and ``labels [M]`` (a single such value is one unnamed panel). Only
+    the points whose label is in ``classes`` (default: every label, in order of appearance) are
+    drawn; a class keeps its colour across panels.
+    """
+    if not isinstance(panels, dict) or "coords" in panels:
+        panels = {"": panels}
+    if not panels:
+        raise ValueError("plot_umap: no panels to draw")
+    if classes is None:
+        classes = list(dict.fromkeys(str(v) for p in panels.values() for v in _field(p, "labels")))
+    colours = _class_colours(classes)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
+    handles: dict[str, Any] = {}
+    for ax, (name, panel) in zip(axes[0], panels.items()):
+        coords = np.asarray(_field(panel, "coords"), dtype=float)
+        labels = np.asarray(_field(panel, "labels")).astype(str)
+        shown = 0
+        for c in classes:
+            mask = labels == str(c)
+            if not mask.any():
+                continue
+            shown += int(mask.sum())
+            sc = ax.scatter(coords[mask, 0], coords[mask, 1], s=14, alpha=0.8, color=colours[str(c)],
+                            edgecolors="none", label=str(c))
+            handles.setdefault(str(c), sc)
+        ax.set_title(f"{name} ({shown} clips)" if name else f"{shown} clips", fontsize=9)
+        ax.set(xlabel="UMAP 1", ylabel="UMAP 2", xticks=[], yticks=[])
+    fig.legend([handles[str(c)] for c in classes if str(c) in handles],
+               [str(c) for c in classes if str(c) in handles], loc="center left",
+               bbox_to_anchor=(1.0, 0.5), fontsize=8, title="class", markerscale=1.5, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")  # "tight" keeps the legend beside the panels
+    plt.close(fig)
+    return out
+
+
+def plot_convergence(summary: Any, out_png: str | Path, *, title: str | None = None) -> Path:
+    """Validation accuracy against epoch, one mean line per method with a ±std band over its
+    seeds/folds and a dotted mark at the first epoch reaching the summary's level (e.g. 95%) of
+    the final accuracy: AudioConFit's Fig. 2, "Convergence curve of validation accuracy scores"
+    (``../shared/seeds/002_5040cf44179b95f4.txt``, §3.3).
+
+    ``summary`` is a :class:`tympan.analysis.geometry.ConvergenceSummary` or its ``to_json()``.
+    """
+    if hasattr(summary, "to_json"):
+        summary = summary.to_json()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for i, (method, c) in enumerate(summary["methods"].items()):
+        colour = f"C{i % 10}"
+        epochs = np.asarray(c["epochs"], dtype=float)
+        mean = np.asarray(c["mean"], dtype=float)
+        ax.plot(epochs, mean, marker="o", markersize=3, linewidth=1.4, color=colour,
+                label=f"{method} ({c['runs']} run{'s' if c['runs'] != 1 else ''})")
+        std = np.asarray([np.nan if v is None else v for v in c["std"]], dtype=float)
+        if np.isfinite(std).any():
+            ax.fill_between(epochs, mean - std, mean + std, where=np.isfinite(std), color=colour,
+                            alpha=0.2, linewidth=0)
+        if c.get("epoch_to_level") is not None:
+            ax.axvline(c["epoch_to_level"], color=colour, linestyle=":", linewidth=1)
+    level = summary.get("level")
+    ax.set(xlabel="epoch", ylabel="validation accuracy (mean ± std)",
+           title=title or "convergence" + (f" (dotted: {100 * level:g}% of final)" if level else ""))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,15 @@ def _report_skipped(skipped: list[dict[str, str]]) -> None:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
+    if args.corpus_command == "synth-speech":
+        from tympan.data.speech import synth_speech_corpus
+
+        manifest = synth_speech_corpus(
+            args.out, seed=args.seed, scale=args.scale, speakers=args.speakers,
+            utterances=args.utterances, workers=args.workers, progress=not args.quiet,
+        )
+        print(f"wrote {manifest}")
+        return 0
     if args.corpus_command == "synth-music":
         from tympan.data.music import synth_music as make
     else:
@@ -188,6 +197,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             methods=tuple(args.methods) if args.methods else None, max_steps=args.max_steps,
             limited=not args.no_limited_data, seed=args.seed, progress=not args.quiet,
         )
+    elif args.paper == "pretext":
+        from tympan.reproduce.pretext import reproduce_pretext
+
+        summary = reproduce_pretext(
+            out, data=args.data, quick=args.quick,
+            methods=tuple(args.methods) if args.methods else None, max_steps=args.max_steps,
+            seed=args.seed, progress=not args.quiet,
+        )
+    elif args.paper == "audioconfit":
+        from tympan.reproduce.audioconfit import reproduce_audioconfit
+
+        summary = reproduce_audioconfit(
+            out, data=args.data, quick=args.quick,
+            backbones=tuple(args.backbones) if args.backbones else None,
+            pretrain_steps=args.max_steps, seed=args.seed, progress=not args.quiet,
+        )
     else:
         from tympan.reproduce.mtslvr import VARIANTS, reproduce_mtslvr
 
@@ -325,6 +350,19 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cm.set_defaults(func=cmd_corpus)
 
+    cp = csub.add_parser("synth-speech", help="procedural spoken words by synthetic speakers "
+                                              "(word label, speaker column, held-out verify "
+                                              "speakers; WAV + manifest.csv)")
+    cp.add_argument("out", help="output folder")
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--scale", default="full", choices=["full", "tiny"],
+                    help="'full': 40 speakers, 960 clips of 1-2 s; 'tiny': 16 speakers, for tests")
+    cp.add_argument("--speakers", type=int, help="override the scale's number of speakers")
+    cp.add_argument("--utterances", type=int, help="labelled utterances per speaker")
+    cp.add_argument("--workers", type=int, help="processes (default: all cores)")
+    cp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    cp.set_defaults(func=cmd_corpus)
+
     r = sub.add_parser("recipes", help="list packaged recipes, or print one resolved")
     r.add_argument("name", nargs="?")
     r.set_defaults(func=cmd_recipes)
@@ -461,9 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     ah.add_argument("--episodes", type=int, default=600)
 
     rp = sub.add_parser("reproduce", help="re-run a seed paper's comparison on the embedded corpus")
-    rp.add_argument("paper", choices=["mtslvr", "multiview"],
+    rp.add_argument("paper", choices=["mtslvr", "multiview", "pretext", "audioconfit"],
                     help="mtslvr: the seven MT-SLVR variants x {SimCLR, SimSiam}, few-shot; "
-                         "multiview: the five multi-view methods, tagging probes")
+                         "multiview: the five multi-view methods, tagging probes; pretext: "
+                         "five pretext-task selections, PASE pretraining, speaker/word probes "
+                         "and EER; audioconfit: PairTune vs fine-tuning on two backbones")
     rp.add_argument("--out", help="output folder (default: runs/reproduce_PAPER)")
     rp.add_argument("--quick", action="store_true",
                     help="CPU-sized recipes (about half an hour on 2 cores)")
@@ -475,10 +515,13 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=["simclr", "simsiam"])
     rp.add_argument("--variants", nargs="+", help="mtslvr: a subset, e.g. cont_only mt_parallel")
     rp.add_argument("--methods", nargs="+",
-                    help="multiview: a subset of contrastive byol clustering barlow_twins vicreg")
+                    help="multiview: a subset of contrastive byol clustering barlow_twins "
+                         "vicreg; pretext: a subset of all mrmr rfe softmax sparsemax")
+    rp.add_argument("--backbones", nargs="+", choices=["tympan", "wav2vec2-tiny"],
+                    help="audioconfit: a subset of the backbones")
     rp.add_argument("--no-limited-data", action="store_true",
                     help="multiview: skip the 1/5/10/20%% training-set curves")
-    rp.add_argument("--max-steps", type=int, help="override every recipe's steps")
+    rp.add_argument("--max-steps", type=int, help="override every recipe's pretraining steps")
     rp.add_argument("--episodes", type=int, default=600)
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

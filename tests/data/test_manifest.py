@@ -131,9 +131,10 @@ def test_missing_column(tmp_path: Path) -> None:
 
 
 def test_extra_column(tmp_path: Path) -> None:
-    message = manifest_error(make_csv(tmp_path, "path,label,speaker,Notes\na.wav,x,s1,n\n"))
-    assert "manifest.csv line 1: unknown column(s) 'speaker', 'Notes'" in message
-    assert "allowed columns are path, label, split, track, fold" in message
+    # ('speaker' was the example here until it became a known column; 'gender' stands in)
+    message = manifest_error(make_csv(tmp_path, "path,label,gender,Notes\na.wav,x,f,n\n"))
+    assert "manifest.csv line 1: unknown column(s) 'gender', 'Notes'" in message
+    assert "allowed columns are path, label, split, track, fold, speaker" in message
 
 
 def test_repeated_and_unnamed_columns(tmp_path: Path) -> None:
@@ -297,3 +298,36 @@ def test_write_only_used_columns_and_refuse_bad_labels(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="cannot be written"):
         write_manifest([Item(tmp_path / "a.wav", ("x;y",))], out)
     assert out.read_text(encoding="utf-8") == "path,label\na.wav,x\n"  # left untouched
+
+
+# -- the speaker column -------------------------------------------------------------------------
+
+
+def test_speaker_column_is_read_and_optional(tmp_path: Path) -> None:
+    make_wav(tmp_path / "a.wav")
+    make_wav(tmp_path / "b.wav")
+    path = make_csv(
+        tmp_path, "path,label,speaker,split\na.wav,yes, spk01 ,train\nb.wav,no,,test\n"
+    )
+    a, b = read_manifest(path).items
+    assert a.speaker == "spk01" and a.split == "train"  # surrounding spaces stripped
+    assert b.speaker is None  # an empty cell is no speaker, like track and split
+    assert Item(tmp_path / "a.wav", "x").speaker is None  # positional fields unchanged
+
+
+def test_speaker_column_round_trips_and_is_written_last(tmp_path: Path) -> None:
+    a = make_wav(tmp_path / "d" / "a.wav")
+    b = make_wav(tmp_path / "d" / "b.wav")
+    items = [
+        Item(a, ("yes",), "train", "utt1", None, "spk01"),
+        Item(b, ("no",), "verify", None, None, None),
+    ]
+    csv_path = tmp_path / "d" / "manifest.csv"
+    write_manifest(items, csv_path)
+    lines = csv_path.read_text(encoding="utf-8").splitlines()
+    assert lines == ["path,label,split,track,speaker", "a.wav,yes,train,utt1,spk01",
+                     "b.wav,no,verify,,"]
+    assert read_manifest(csv_path).items == items
+    # a manifest without speakers is written exactly as before
+    write_manifest([Item(a, ("yes",), "train")], csv_path)
+    assert csv_path.read_text(encoding="utf-8") == "path,label,split\na.wav,yes,train\n"

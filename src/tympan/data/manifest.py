@@ -1,10 +1,12 @@
-"""Manifests: which audio files a command uses, with their labels, split, track and fold.
+"""Manifests: which audio files a command uses, with their labels, split, track, fold and speaker.
 
 Two layouts are accepted (:func:`read_manifest`):
 
-* a CSV file with a header containing ``path`` and ``label`` and optionally ``split``, ``track``
-  and ``fold``. Several labels in one cell are separated by ``;`` (multi-label tagging).
-  Relative paths resolve against the CSV's folder::
+* a CSV file with a header containing ``path`` and ``label`` and optionally ``split``, ``track``,
+  ``fold`` and ``speaker``. Several labels in one cell are separated by ``;`` (multi-label
+  tagging). ``speaker`` names who is speaking (speaker recognition / verification, as in the
+  pretext-selection seed ``../shared/seeds/004_f3e19d7efff003e6.txt``, VoxCeleb). Relative paths
+  resolve against the CSV's folder::
 
       path,label,split,track,fold
       audio/dog_001.wav,dog,train,rec01,1
@@ -45,7 +47,7 @@ __all__ = [
 log = logging.getLogger("tympan")
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "label")
-OPTIONAL_COLUMNS: tuple[str, ...] = ("split", "track", "fold")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("split", "track", "fold", "speaker")
 COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 #: Separates the labels of a multi-label item inside one CSV cell.
 LABEL_SEPARATOR = ";"
@@ -54,7 +56,7 @@ MANIFEST_NAME = "manifest.csv"
 
 _LAYOUTS = (
     "either a CSV file with a header containing path,label (optional columns: split, track, "
-    "fold), or a folder with one subfolder per class holding audio files "
+    "fold, speaker), or a folder with one subfolder per class holding audio files "
     f"({', '.join(AUDIO_EXTENSIONS)}), e.g. dog/001.wav, cat/002.wav"
 )
 
@@ -65,7 +67,8 @@ class Item:
 
     ``path`` is absolute. ``labels`` holds one label, or several for multi-label tagging.
     ``track`` groups segments cut from one recording (same-track positive pairs, and splits
-    that must not separate them); ``fold`` numbers cross-validation folds.
+    that must not separate them); ``fold`` numbers cross-validation folds; ``speaker`` names the
+    speaker (speaker identification and verification trials).
     """
 
     path: Path
@@ -73,6 +76,7 @@ class Item:
     split: str | None = None
     track: str | None = None
     fold: int | None = None
+    speaker: str | None = None
 
     def __post_init__(self) -> None:
         # Accept the obvious spellings (str path, list of labels, a bare label string) so that
@@ -326,7 +330,7 @@ def _parse_row(
 
     return Item(
         path=path, labels=labels, split=cell("split") or None, track=cell("track") or None,
-        fold=fold,
+        fold=fold, speaker=cell("speaker") or None,
     )
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from tympan.data.manifest import Manifest, read_manifest
 from tympan.data.scan import ScanReport, scan_items
 from tympan.errors import TympanError
-from tympan.evaluation.features import embed_clips, pick_device
+from tympan.evaluation.features import embed_clips, embed_frames, frame_stats, pick_device
 from tympan.evaluation.probes import (
     LIMITED_FRACTIONS,
     ProbeResult,
@@ -116,16 +116,26 @@ class ProbeBench:
     def embed(
         self, model: nn.Module, *, segment_seconds: float | None = None,
         task: str | None = None, device: str | torch.device | None = None,
+        stats: str | None = None,
     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """``{split: (track embeddings [N, D], targets)}`` of ``model``."""
+        """``{split: (track embeddings [N, D], targets)}`` of ``model``.
+
+        ``stats``: ``None`` uses the encoder's pooled embedding; ``"mean"`` or ``"mean+std"``
+        pools its frame-level representation (``Encoder.frames``) over each clip instead
+        (:func:`~tympan.evaluation.features.frame_stats`, x-vector-style statistics pooling).
+        """
         seconds = segment_seconds or model.recipe.fewshot.segment_seconds
         out = {}
         for split in SPLITS:
             rep = self.clips(split, model.sample_rate)
             if not rep.items:
                 raise TympanError(f"{self.data}: no usable clips in split '{split}'")
-            emb = embed_clips(model, rep.audio, seconds, task=task, device=device,
-                              progress=self.progress)
+            if stats is None:
+                emb = embed_clips(model, rep.audio, seconds, task=task, device=device,
+                                  progress=self.progress)
+            else:
+                emb = frame_stats(embed_frames(model, rep.audio, seconds, task=task,
+                                               device=device, progress=self.progress), stats)
             tracks = [it.track or str(it.path) for it in rep.items]
             emb_t, _ = average_by_track(emb, tracks)
             out[split] = (emb_t, first_by_track(self._targets(rep), tracks))

@@ -180,6 +180,10 @@ class TrainConfig:
     strategy: str = "auto"
     checkpoint_every_n_steps: int = 100
     log_every_n_steps: int = 10
+    #: crops held by each DataLoader worker's shuffling buffer when pretraining from WebDataset
+    #: shards (:mod:`tympan.data.shards`); 0 or 1: shard order only. File manifests ignore it
+    #: (they shuffle the whole list)
+    shuffle_buffer: int = 1000
 
 
 @dataclass
@@ -409,6 +413,8 @@ def validate(recipe: Recipe) -> None:
     need(t.batch_size >= 2, "recipe field 'train.batch_size' must be >= 2")
     need(t.max_steps >= 1, "recipe field 'train.max_steps' must be >= 1")
     need(t.lr > 0, "recipe field 'train.lr' must be > 0")
+    need(t.shuffle_buffer >= 0, "recipe field 'train.shuffle_buffer' must be >= 0 (crops per "
+                                "worker; 0 shuffles the shard order only)")
     need(recipe.fewshot.segment_seconds > 0, "recipe field 'fewshot.segment_seconds' must be > 0")
     m = recipe.model
     need(m.pooling in ("mean", "attention"),

@@ -11,14 +11,25 @@ recipe already has a ``pretext_workers`` or ``pase`` task, appends a task ``work
 (objective ``pretext_workers``, weight 1), so that any recipe trains
 ``L = L_ssl + sum_i lambda_i l1(Z_i)``. The frame labels of the training items are read from
 ``pretext.labels`` at every start, ``--resume`` included.
+
+Data: a manifest (CSV or class folder: every file is checked, then decoded by the DataLoader
+workers at every read) or WebDataset shards written by ``tympan shard`` (``data`` or ``shards``
+naming a folder with ``shards.json``, the index, or a URL pattern such as
+``https://host/shard-{000000..000031}.tar``): streamed by :class:`~tympan.data.shards.
+ShardDataset` with a ``train.shuffle_buffer`` buffer, split by rank and worker so that every
+rank steps the same number of batches and the clips of an epoch are read once across the
+cluster. ``pretrain.json`` records which data was read (``data``: the index's hash for shards).
+Pretext workers need the frame labels of each file and are not available with shards.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import platform
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +43,9 @@ from tympan.config import Recipe, load_recipe, save_recipe
 from tympan.data.dataset import CropDataset, SameTrackPairDataset
 from tympan.data.manifest import Manifest, read_manifest
 from tympan.data.scan import scan_items
+from tympan.data.shards import (
+    PairSpec, ShardDataset, ShardLoader, is_shard_source, resolve_shards,
+)
 from tympan.errors import ConfigError, TympanError
 from tympan.methods.workers import LABEL_OBJECTIVES, FrameLabels, read_selection
 from tympan.models.encoder import CONFIG_FILE, ENCODER_FILE, save_encoder
@@ -55,13 +69,17 @@ class PretrainResult:
     parameters: dict[str, Any] = field(default_factory=dict)
     #: :class:`~tympan.training.collapse.CollapseMonitor` summary: warnings and last values
     collapse: dict[str, Any] = field(default_factory=dict)
+    #: where the clips came from: ``{"kind": "manifest" | "shards", "source", "clips", ...}``
+    data: dict[str, Any] = field(default_factory=dict)
+    #: seed, precision, accelerator, devices and device name the run trained with
+    environment: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "run": str(self.run), "steps": self.steps, "clips": self.clips,
             "skipped": self.skipped, "n_skipped": len(self.skipped),
             "wall_seconds": round(self.wall_seconds, 2), "parameters": self.parameters,
-            "collapse": self.collapse,
+            "collapse": self.collapse, "data": self.data, "environment": self.environment,
         }
 
 
@@ -73,6 +91,30 @@ def pretrain_items(manifest: Manifest, split: str | None) -> Manifest:
     if "pretrain" in manifest.splits:
         return manifest.select("pretrain")
     return manifest
+
+
+def shard_split(dataset_splits: dict[str, int], split: str | None) -> str | None:
+    """The split of a shard set to pretrain on, by :func:`pretrain_items`'s rule."""
+    if split is not None:
+        return split
+    return "pretrain" if dataset_splits.get("pretrain") else None
+
+
+def shard_dataset(
+    cfg: Recipe, source: str | Path | Sequence[str | Path], split: str | None, seed: int
+) -> ShardDataset:
+    """The streaming dataset of a pretraining run on shards (crops or same-track pairs, whole
+    batches per rank and worker)."""
+    v = cfg.views
+    pairs = PairSpec(v.segment_seconds, v.min_gap, v.max_gap, v.silence_db) \
+        if v.kind == "same_track" else None
+    index, _ = resolve_shards(source)
+    return ShardDataset(
+        source, clip_seconds=cfg.audio.clip_seconds, sample_rate=cfg.audio.sample_rate,
+        pairs=pairs, split=shard_split(index.splits, split),
+        batch_size=cfg.train.batch_size, drop_last=True, shuffle=True,
+        shuffle_buffer=cfg.train.shuffle_buffer, seed=seed,
+    )
 
 
 def resolve_precision(recipe: Recipe, accelerator: str) -> str:
@@ -171,7 +213,7 @@ def needs_frame_labels(cfg: Recipe) -> bool:
 
 def pretrain(
     recipe: str | Path | Recipe,
-    data: str | Path,
+    data: str | Path | None,
     out: str | Path,
     *,
     max_steps: int | None = None,
@@ -187,8 +229,14 @@ def pretrain(
     overrides: dict[str, Any] | None = None,
     pretext_weights: str | Path | None = None,
     pretext_labels: str | Path | None = None,
+    shards: str | Path | Sequence[str | Path] | None = None,
 ) -> PretrainResult:
     """Pretrain an encoder; see the module docstring for what lands in ``out``.
+
+    ``data``: a manifest, or shards (recognised by :func:`~tympan.data.shards.is_shard_source`);
+    ``shards``: shards given explicitly (a folder, index, URL pattern or list), ``data`` then
+    ``None``. ``split`` picks a split of either (default: ``pretrain`` if present, else all).
+    ``skip_bad`` applies to manifests (shards were checked when they were written).
 
     ``pretext_weights``: a selection (``tympan pretext select``) whose labels are regressed by
     weighted workers; ``pretext_labels``: the labels file (``tympan pretext labels``), which
@@ -196,6 +244,12 @@ def pretrain(
     """
     out = Path(out)
     ckpt = out / "checkpoints" / LAST_CKPT
+    if shards is not None and data is not None:
+        raise TympanError("give the pretraining data once: a manifest as data, or shards")
+    if shards is None and data is not None and is_shard_source(data):
+        shards = data
+    if shards is None and data is None:
+        raise TympanError("no pretraining data: give a manifest (--data) or shards")
     overrides = dict(overrides or {})
     if max_steps is not None:
         overrides["train.max_steps"] = max_steps
@@ -237,39 +291,72 @@ def pretrain(
         quiet_lightning()
     pl.seed_everything(seed, workers=True, verbose=False)
     labelled = needs_frame_labels(cfg)
-    manifest = pretrain_items(read_manifest(data, check_files=not skip_bad), split)
-    v = cfg.views
-    pairs = v.kind == "same_track"
-    min_seconds = v.segment_seconds + v.min_gap if pairs else 0.0
-    report = scan_items(
-        manifest.items, cfg.audio.sample_rate, skip_bad=skip_bad, progress=progress,
-        desc="checking pretraining audio", min_seconds=min_seconds,
-    )
-    if not report.items:
-        raise TympanError(f"{data}: no usable audio to pretrain on")
+    t = cfg.train
+    trainer: pl.Trainer | None = None  # the loader of shards reads its epoch and rank
     frame_labels = None
-    if labelled:  # rows in the dataset's item order; names the first file without labels
-        frame_labels = FrameLabels.from_file(
-            cfg.pretext.labels, list(cfg.pretext.weights), [str(it.path) for it in report.items]
-        )
-    if pairs:
-        dataset = SameTrackPairDataset(
-            report.items, cfg.audio.sample_rate, v.segment_seconds, v.min_gap, v.max_gap,
-            v.silence_db,
+    skipped: list[dict[str, str]] = []
+    if shards is not None:
+        if labelled:
+            raise TympanError(
+                f"{shards}: pretext workers regress the frame labels of each file, which "
+                f"streaming from shards does not provide; pretrain on the manifest the shards "
+                f"were written from instead"
+            )
+        dataset: Any = shard_dataset(cfg, shards, split, seed)
+        clips = dataset.total
+        data_info = dataset.describe()
+        if clips < t.batch_size:
+            raise TympanError(
+                f"{dataset.index.location}: {clips} clips, fewer than train.batch_size="
+                f"{t.batch_size}; lower the batch size (--set train.batch_size=N) or add audio"
+            )
+        loader: DataLoader = ShardLoader(
+            dataset, batch_size=t.batch_size, drop_last=True, num_workers=t.num_workers,
+            persistent_workers=t.num_workers > 0, pin_memory=torch.cuda.is_available(),
+            epoch=lambda: trainer.current_epoch if trainer is not None else 0,
+            dist=lambda: (trainer.global_rank, trainer.world_size) if trainer is not None
+            else dataset.distributed,
         )
     else:
-        dataset = CropDataset(report.items, cfg.audio.sample_rate, cfg.audio.clip_seconds)
-    t = cfg.train
-    if len(dataset) < t.batch_size:
-        raise TympanError(
-            f"{data}: {len(dataset)} usable clips, fewer than train.batch_size={t.batch_size}; "
-            f"lower the batch size (--set train.batch_size=N) or add audio"
+        assert data is not None
+        full = read_manifest(data, check_files=not skip_bad)
+        manifest = pretrain_items(full, split)
+        v = cfg.views
+        pairs = v.kind == "same_track"
+        min_seconds = v.segment_seconds + v.min_gap if pairs else 0.0
+        report = scan_items(
+            manifest.items, cfg.audio.sample_rate, skip_bad=skip_bad, progress=progress,
+            desc="checking pretraining audio", min_seconds=min_seconds,
         )
-    loader = DataLoader(
-        dataset, batch_size=t.batch_size, shuffle=True, drop_last=True,
-        num_workers=t.num_workers, persistent_workers=t.num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
-    )
+        if not report.items:
+            raise TympanError(f"{data}: no usable audio to pretrain on")
+        if labelled:  # rows in the dataset's item order; names the first file without labels
+            frame_labels = FrameLabels.from_file(
+                cfg.pretext.labels, list(cfg.pretext.weights), [str(it.path) for it in report.items]
+            )
+        if pairs:
+            dataset = SameTrackPairDataset(
+                report.items, cfg.audio.sample_rate, v.segment_seconds, v.min_gap, v.max_gap,
+                v.silence_db,
+            )
+        else:
+            dataset = CropDataset(report.items, cfg.audio.sample_rate, cfg.audio.clip_seconds)
+        if len(dataset) < t.batch_size:
+            raise TympanError(
+                f"{data}: {len(dataset)} usable clips, fewer than train.batch_size={t.batch_size}; "
+                f"lower the batch size (--set train.batch_size=N) or add audio"
+            )
+        clips, skipped = len(report.items), report.skipped
+        data_info = {
+            "kind": "manifest", "source": str(manifest.source), "clips": clips,
+            "split": split if split is not None else
+            ("pretrain" if "pretrain" in full.splits else None),
+        }
+        loader = DataLoader(
+            dataset, batch_size=t.batch_size, shuffle=True, drop_last=True,
+            num_workers=t.num_workers, persistent_workers=t.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     module = PretrainModule(cfg, seed=seed, frame_labels=frame_labels)
     monitor = CollapseMonitor({name: module.encoder.dim for name in module.tasks})
@@ -310,6 +397,8 @@ def pretrain(
         # resuming mid-epoch restarts that epoch's shuffled order (steps, optimiser, schedule
         # and augmentation RNG are restored exactly); documented in the README
         warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+        # ShardDataset's length is exact per rank (whole batches per worker, from shards.json)
+        warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
         trainer.fit(
             module, train_dataloaders=loader, ckpt_path=str(ckpt) if resume else None,
             weights_only=True,
@@ -317,8 +406,8 @@ def pretrain(
     wall = time.time() - started
     trainer.save_checkpoint(ckpt, weights_only=False)
     result = PretrainResult(
-        run=out, steps=int(trainer.global_step), clips=len(report.items),
-        skipped=report.skipped, wall_seconds=wall,
+        run=out, steps=int(trainer.global_step), clips=clips,
+        skipped=skipped, wall_seconds=wall, data=data_info,
         parameters={
             "encoder": count_parameters(module.encoder),
             # trainable head parameters; EMA teachers (BYOL, DINO) are counted apart
@@ -328,6 +417,14 @@ def pretrain(
             "encoder_breakdown": module.encoder.parameter_counts(),
         },
         collapse=monitor.summary(),
+        environment={
+            "seed": seed, "precision": str(trainer.precision),
+            "accelerator": type(trainer.accelerator).__name__.replace("Accelerator", "").lower(),
+            "devices": trainer.num_devices, "nodes": trainer.num_nodes,
+            "device_name": (torch.cuda.get_device_name(module.device)
+                            if module.device.type == "cuda" else platform.processor() or "cpu"),
+            "torch": torch.__version__,
+        },
     )
     if trainer.is_global_zero:
         save_encoder(module.encoder, out / ENCODER_FILE)

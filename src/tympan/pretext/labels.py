@@ -403,7 +403,7 @@ def _default_workers() -> int:
 
 
 def _run(tasks: list[_Task], workers: int, bar: tqdm) -> Iterator[tuple[int, Any]]:
-    """Results of :func:`_work` in task order, in-process or in forked worker processes."""
+    """Results of :func:`_work` in task order, in-process or in worker processes."""
     can_fork = sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
     if workers <= 1 or len(tasks) < 2 or not can_fork:
         for t in tasks:
@@ -411,7 +411,13 @@ def _run(tasks: list[_Task], workers: int, bar: tqdm) -> Iterator[tuple[int, Any
             bar.update()
         return
     workers = min(workers, len(tasks))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    # Built-in (openSMILE) candidates run in spawned workers: a fork of a process whose other
+    # threads (torch's OpenMP pool, tqdm's monitor) hold a lock can deadlock the child, and did
+    # once in the test suite on a loaded machine. A user's function may not be importable by a
+    # fresh interpreter (a lambda, a function of __main__), so user candidates keep fork.
+    builtin = all(CANDIDATES[n].uses_opensmile for n in tasks[0][3])
+    method = "spawn" if builtin else "fork"
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
     pending: deque[Future[tuple[int, Any]]] = deque()
     nxt = 0
     try:

@@ -17,6 +17,7 @@ from tympan.analysis.geometry import anisotropy
 from tympan.config import load_recipe
 from tympan.data.manifest import read_manifest
 from tympan.errors import ManifestError, TympanError
+from tympan.models.hf import write_random_hf_model
 from tympan.finetune import finetune, plan_runs
 from tympan.models.encoder import load_encoder
 
@@ -167,12 +168,9 @@ def test_finetune_over_folds(fold_data: Path, tmp_path: Path) -> None:
 
 
 def test_hf_backbone_end_to_end(split_data: Path, tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.Wav2Vec2Config(
-        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, conv_dim=(16, 16),
-        conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    transformers.Wav2Vec2Model(cfg).save_pretrained(str(tmp_path / "w2v"))
+    pytest.importorskip("transformers")
+    write_random_hf_model("wav2vec2", tmp_path / "w2v", config=dict(
+        hidden_size=16, num_hidden_layers=1, intermediate_size=32, conv_dim=(16, 16)))
     out = tmp_path / "run"
     res = finetune("pairtune", f"hf:{tmp_path / 'w2v'}", split_data, out, seeds=1, **{**FAST, "epochs": 1})
     assert res.std is None and len(res.runs) == 1

@@ -16,12 +16,7 @@ transformers = pytest.importorskip("transformers")
 from tympan.errors import TympanError  # noqa: E402
 from tympan.evaluation.features import embed_clips  # noqa: E402
 from tympan.finetune.backbones import load_backbone  # noqa: E402
-from tympan.models.hf import HFEncoder, load_hf_encoder  # noqa: E402
-
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            conv_dim=(32, 32), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=2)
-
+from tympan.models.hf import HFEncoder, load_hf_encoder, write_random_hf_model  # noqa: E402
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -32,17 +27,7 @@ def _one_thread():
 
 
 def save_tiny(kind: str, folder: Path, preprocessor: dict | None = None) -> Path:
-    torch.manual_seed(0)
-    if kind == "wav2vec2":
-        model = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**TINY))
-    elif kind == "hubert":
-        model = transformers.HubertModel(transformers.HubertConfig(**TINY))
-    else:
-        model = transformers.WavLMModel(transformers.WavLMConfig(**TINY, num_buckets=32, max_bucket_distance=100))
-    model.save_pretrained(str(folder))
-    if preprocessor is not None:
-        (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
-    return folder
+    return write_random_hf_model(kind, folder, preprocessor=preprocessor)
 
 
 @pytest.mark.parametrize("kind", ["wav2vec2", "hubert", "wavlm"])

@@ -224,3 +224,45 @@ def load_hf_encoder(path: str | Path, *, progress: bool = False) -> HFEncoder:
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise TympanError(f"{shown}: cannot be loaded as a {model_type} model ({exc})") from None
     return HFEncoder(model, sample_rate=sample_rate, normalize=normalize, source=folder).eval()
+
+
+#: a tiny transformer (2 layers of 32 units, a 2-layer convolutional feature encoder with a
+#: 10 ms stride): for tests and the CPU-sized AudioConFit reproduction, never for real work
+TINY_CONFIG: dict[str, Any] = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    conv_dim=(32, 32), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
+)
+
+
+def write_random_hf_model(
+    kind: str, folder: str | Path, *, seed: int = 0, config: dict[str, Any] | None = None,
+    preprocessor: dict[str, Any] | None = None,
+) -> Path:
+    """Save a randomly initialised ``kind`` ("wav2vec2", "hubert" or "wavlm") model of
+    ``config`` (default :data:`TINY_CONFIG`) to ``folder`` with safetensors, offline, so that
+    ``hf:folder`` can be loaded like a downloaded checkpoint. Returns ``folder``."""
+    try:
+        import transformers
+    except ImportError:
+        raise TympanError("random Hugging Face models need the 'transformers' package "
+                          "(pip install 'tympan[hf]')") from None
+    classes = {
+        "wav2vec2": (transformers.Wav2Vec2Model, transformers.Wav2Vec2Config, {}),
+        "hubert": (transformers.HubertModel, transformers.HubertConfig, {}),
+        "wavlm": (transformers.WavLMModel, transformers.WavLMConfig,
+                  {"num_buckets": 32, "max_bucket_distance": 100}),
+    }
+    if kind not in classes:
+        raise TympanError(f"random HF model kind {kind!r}: choose one of {', '.join(classes)}")
+    model_cls, config_cls, extra = classes[kind]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = model_cls(config_cls(**{**TINY_CONFIG, **extra, **(config or {})}))
+    with _hf_progress(False):
+        model.save_pretrained(str(folder))
+    if preprocessor is not None:
+        (folder / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor))
+    return folder

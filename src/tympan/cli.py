@@ -305,6 +305,33 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from tympan.report.html import write_report
+    from tympan.report.model_card import write_model_card
+
+    out = Path(args.out) if args.out else None
+    page = write_report(args.run, out / "report.html" if out else None)
+    card = write_model_card(args.run, out / "MODEL_CARD.md" if out else None)
+    print(f"written to {page} and {card}")
+    return 0
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from tympan.data.shards import write_shards
+
+    index = write_shards(
+        args.data, args.out, shard_size=args.shard_size, shard_bytes=args.shard_bytes,
+        sample_rate=args.sample_rate, split=args.split, audio_format=args.format,
+        min_seconds=args.min_seconds, shuffle=not args.no_shuffle, seed=args.seed,
+        skip_bad=args.skip_bad, overwrite=args.overwrite, workers=args.workers,
+        progress=not args.quiet,
+    )
+    _report_skipped(index.skipped)
+    print(f"wrote {index.total} clips in {len(index.shards)} shards -> {index.location}")
+    _write_json(args.json, index.to_json())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from tympan.api import demo
 
@@ -369,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("pretrain", help="self-supervised pretraining")
     t.add_argument("--recipe", default="simclr", help="packaged recipe name or YAML path")
-    t.add_argument("--data", required=True, help="manifest CSV or class-folder")
+    t.add_argument("--data", required=True,
+                   help="manifest CSV, class-folder, or WebDataset shards (a folder with "
+                        "shards.json, or a URL pattern; see tympan shard)")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--max-steps", type=int)
     t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt")
@@ -615,6 +644,42 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--json", help="also write the results JSON here")
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     ft.set_defaults(func=cmd_finetune)
+
+    rep = sub.add_parser(
+        "report", help="self-contained report.html and MODEL_CARD.md of a run",
+        description="Gather a run directory (pretrain, finetune, reproduce or demo --out) into "
+                    "one offline HTML page (loss curves, collapse monitors, results with CIs, "
+                    "analyses) and a model card; missing pieces are listed with the command "
+                    "that makes them.",
+    )
+    rep.add_argument("run", help="run directory")
+    rep.add_argument("--out", help="folder for report.html and MODEL_CARD.md (default: RUN)")
+    rep.set_defaults(func=cmd_report)
+
+    sh = sub.add_parser(
+        "shard", help="decode a manifest once into WebDataset tar shards",
+        description="Write shard-NNNNNN.tar files (16-bit FLAC + JSON metadata per clip, "
+                    "resampled, shuffled before sharding) and shards.json. Pretrain on them with "
+                    "--data DIR (or a URL pattern like https://host/shard-{000000..000031}.tar).",
+    )
+    sh.add_argument("--data", required=True, help="manifest CSV or class-folder")
+    sh.add_argument("--out", required=True, help="folder for shard-NNNNNN.tar and shards.json")
+    sh.add_argument("--shard-size", type=int, default=1000, help="most clips per shard")
+    sh.add_argument("--shard-bytes", type=int, help="also start a new shard after about this "
+                                                    "many bytes")
+    sh.add_argument("--sample-rate", type=int, default=16000)
+    sh.add_argument("--split", help="write only this split (default: every clip)")
+    sh.add_argument("--format", choices=["flac", "npy"], default="flac",
+                    help="flac: 16-bit lossless (default); npy: exact float32")
+    sh.add_argument("--min-seconds", type=float, default=0.0, help="drop shorter clips")
+    sh.add_argument("--seed", type=int, default=0, help="order of the clips across shards")
+    sh.add_argument("--no-shuffle", action="store_true", help="keep manifest order")
+    sh.add_argument("--skip-bad", action="store_true", help="skip unreadable audio and report it")
+    sh.add_argument("--overwrite", action="store_true", help="replace an existing shard set")
+    sh.add_argument("--workers", type=int, help="decoding threads")
+    sh.add_argument("--json", help="also write the index JSON here")
+    sh.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sh.set_defaults(func=cmd_shard)
 
     d = sub.add_parser("demo", help="corpus -> SimCLR -> few-shot table (what `make demo` runs)")
     d.add_argument("--out", default="demo")

@@ -147,12 +147,12 @@ def reproduce_audioconfit(
         for method in METHODS:
             run = out / "runs" / f"{backbone}_{method}"
             t0 = time.time()
-            kwargs = dict(
-                seeds=list(range(seed, seed + settings["seeds"])), folds=settings["folds"],
-                epochs=settings["epochs"], linear_epochs=settings["linear_epochs"],
-                clip_seconds=settings["clip_seconds"], progress=progress,
+            kwargs = {
+                "seeds": list(range(seed, seed + settings["seeds"])), "folds": settings["folds"],
+                "epochs": settings["epochs"], "linear_epochs": settings["linear_epochs"],
+                "clip_seconds": settings["clip_seconds"], "progress": progress,
                 **(finetune_kwargs or {}),
-            )
+            }
             if (run / "results.json").is_file():
                 res_json = json.loads((run / "results.json").read_text())
             else:

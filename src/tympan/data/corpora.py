@@ -711,11 +711,16 @@ def _n_workers(n_items: int, min_items: int = _PARALLEL_MIN_CLIPS) -> int:
 
 def render_parallel(
     fn: Callable[[Any], Any], tasks: list[Any], *, progress: bool, desc: str, unit: str,
-    min_parallel: int = _PARALLEL_MIN_CLIPS, chunksize: int = 1,
+    min_parallel: int = _PARALLEL_MIN_CLIPS, chunksize: int = 1, workers: int | None = None,
 ) -> list[Any]:
-    """``[fn(t) for t in tasks]`` in forked worker processes (:func:`_n_workers`), in order, with
-    a progress bar. ``fn`` must be a module-level function (the embedded corpora's renderers)."""
-    workers = _n_workers(len(tasks), min_parallel)
+    """``[fn(t) for t in tasks]`` in forked worker processes, in order, with a progress bar.
+    ``workers``: ``None`` picks :func:`_n_workers`; a number asks for exactly that many (``1``:
+    in this process; forking only where :func:`_n_workers` allows it). ``fn`` must be a
+    module-level function (the embedded corpora's renderers)."""
+    if workers is None:
+        workers = _n_workers(len(tasks), min_parallel)
+    elif workers > 1 and _n_workers(len(tasks), 0) == 1:
+        workers = 1  # no fork here (not Linux, or a daemonic process)
     with tqdm(total=len(tasks), desc=desc, unit=unit, disable=not progress) as bar:
         if workers == 1:
             results = []
@@ -734,6 +739,26 @@ def render_parallel(
                     results.append(result)
                     bar.update()
                 return results
+
+
+def remove_stale_clips(root: Path, new_paths: set[str], *, prune_folders: bool = True) -> None:
+    """Delete the WAV files under ``root/audio/`` that the previous manifest of ``root`` lists
+    but the new corpus (``new_paths``, relative) does not, and with ``prune_folders`` their
+    folder and its parent if now empty. Only our own files: no path out of the folder."""
+    for rel in _old_paths(root / _MANIFEST):
+        ours = rel.startswith(f"{_AUDIO_DIR}/") and rel.endswith(".wav")
+        if not ours or rel in new_paths or ".." in Path(rel).parts:
+            continue
+        try:
+            (root / rel).unlink(missing_ok=True)
+        except OSError:
+            continue
+        if prune_folders:
+            for folder in ((root / rel).parent, (root / rel).parent.parent):
+                try:  # a class, speaker or split folder the new corpus does not use
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 def _old_paths(manifest: Path) -> Iterator[str]:
@@ -808,20 +833,7 @@ def synth_corpus(
                     chunksize=8)
 
     manifest = root / _MANIFEST
-    new_paths = {path for path, *_ in rows}
-    for rel in _old_paths(manifest):
-        # Only our own files: .wav under audio/, no way out of the folder.
-        ours = rel.startswith(f"{_AUDIO_DIR}/") and rel.endswith(".wav")
-        if ours and rel not in new_paths and ".." not in Path(rel).parts:
-            try:
-                (root / rel).unlink(missing_ok=True)
-            except OSError:
-                continue
-            for folder in ((root / rel).parent, (root / rel).parent.parent):
-                try:  # a class or split folder the new corpus does not use, if now empty
-                    folder.rmdir()
-                except OSError:
-                    break
+    remove_stale_clips(root, {path for path, *_ in rows})
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

@@ -82,7 +82,6 @@ from scipy.signal import fftconvolve
 
 from tympan.data.corpora import (
     _band_mask,
-    _old_paths,
     _cycles,
     _harmonic_osc,
     _n_harmonics,
@@ -92,6 +91,7 @@ from tympan.data.corpora import (
     _time,
     _vibrato,
     check_corpus_args,
+    remove_stale_clips,
     render_parallel,
 )
 from tympan.data.manifest import Item, write_manifest
@@ -950,15 +950,7 @@ def synth_music(
     shutil.rmtree(staging, ignore_errors=True)
 
     manifest = root / _MANIFEST
-    new_paths = {rel for rel, _ in rows}
-    for rel in _old_paths(manifest):
-        # Only our own files: .wav under audio/, no way out of the folder.
-        ours = rel.startswith(f"{_AUDIO_DIR}/") and rel.endswith(".wav")
-        if ours and rel not in new_paths and ".." not in Path(rel).parts:
-            try:
-                (root / rel).unlink(missing_ok=True)
-            except OSError:
-                continue
+    remove_stale_clips(root, {rel for rel, _ in rows}, prune_folders=False)
 
     header = {
         "seed": seed,

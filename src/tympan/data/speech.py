@@ -86,11 +86,7 @@ build) and another seed another corpus.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import sys
-import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -98,19 +94,18 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 from scipy.signal import fftconvolve, istft, stft
-from tqdm.auto import tqdm
 
 from tympan.data.corpora import (
     _band_mask,
     _cycles,
     _harmonic_osc,
     _n_harmonics,
-    _old_paths,
     _pink_noise,
     _shape_spectrum,
     _smooth_random,
     _time,
     check_corpus_args,
+    remove_stale_clips,
     render_parallel,
 )
 from tympan.data.manifest import Item, write_manifest
@@ -571,32 +566,6 @@ def _plan(spec: SpeechSpec, seed: int) -> list[tuple[str, str, int, int, str]]:
     return rows
 
 
-def _render_all(
-    tasks: list[tuple[SpeechSpec, int, int, int, str, str]], workers: int | None,
-    progress: bool,
-) -> list[dict[str, Any]]:
-    """Render every task: :func:`render_parallel` when ``workers`` is ``None`` (one process per
-    core, at most 8, above :data:`_PARALLEL_MIN_CLIPS` clips), else exactly ``workers``
-    processes (``1``: in this process)."""
-    if workers is None:
-        return render_parallel(_write_utterance, tasks, progress=progress, desc="synth speech",
-                               unit="clip", min_parallel=_PARALLEL_MIN_CLIPS, chunksize=8)
-    if workers == 1 or multiprocessing.current_process().daemon \
-            or not sys.platform.startswith("linux"):  # forked workers only, as render_parallel
-        return render_parallel(_write_utterance, tasks, progress=progress, desc="synth speech",
-                               unit="clip", min_parallel=len(tasks) + 1)
-    with tqdm(total=len(tasks), desc="synth speech", unit="clip", disable=not progress) as bar:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork in a threaded process
-            context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                results = []
-                for meta in pool.map(_write_utterance, tasks, chunksize=8):
-                    results.append(meta)
-                    bar.update()
-                return results
-
-
 def synth_speech_corpus(
     out: str | Path,
     *,
@@ -662,23 +631,12 @@ def synth_speech_corpus(
         raise TympanError(f"{root}: cannot create the corpus folders ({reason})") from exc
 
     tasks = [(spec, seed, s, u, word, str(root / rel)) for rel, _, s, u, word in rows]
-    metas = _render_all(tasks, None if workers is None else int(workers), progress)
+    metas = render_parallel(_write_utterance, tasks, progress=progress, desc="synth speech",
+                            unit="clip", min_parallel=_PARALLEL_MIN_CLIPS, chunksize=8,
+                            workers=None if workers is None else int(workers))
 
     manifest = root / _MANIFEST
-    new_paths = {rel for rel, *_ in rows}
-    for rel in _old_paths(manifest):
-        # Only our own files: .wav under audio/, no way out of the folder.
-        ours = rel.startswith(f"{_AUDIO_DIR}/") and rel.endswith(".wav")
-        if ours and rel not in new_paths and ".." not in Path(rel).parts:
-            try:
-                (root / rel).unlink(missing_ok=True)
-            except OSError:
-                continue
-            for folder in ((root / rel).parent, (root / rel).parent.parent):
-                try:  # a speaker or split folder the new corpus does not use, if now empty
-                    folder.rmdir()
-                except OSError:
-                    break
+    remove_stale_clips(root, {rel for rel, *_ in rows})
 
     held = _held_out(spec, seed)
     voices = []

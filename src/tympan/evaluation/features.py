@@ -16,7 +16,7 @@ or mean and standard deviation: the statistics pooling of x-vector speaker embed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +87,28 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _run_segments(
+    model: nn.Module, audio: Sequence[np.ndarray], segment_seconds: float,
+    fn: Callable[[Tensor], Tensor], *, task: str | None, batch_size: int,
+    device: str | torch.device | None, progress: bool, desc: str,
+) -> tuple[list[np.ndarray], list[Tensor]]:
+    """Cut every clip into segments (:func:`segment`) and run ``fn`` on all of them in batches
+    on the device: ``(each clip's segments, fn's outputs per batch on the CPU)``."""
+    if task is not None and task not in model.tasks:
+        raise TympanError(f"--task {task}: this model has {', '.join(model.tasks)}")
+    dev = pick_device(device)
+    model.to(dev).eval()
+    seg_len = max(1, int(round(segment_seconds * model.sample_rate)))
+    segments = [segment(a, seg_len) for a in audio]
+    flat = np.concatenate(segments) if segments else np.zeros((0, seg_len), np.float32)
+    chunks = []
+    for start in tqdm(range(0, len(flat), batch_size), desc=desc, disable=not progress,
+                      leave=False):
+        x = torch.from_numpy(flat[start : start + batch_size]).to(dev)
+        chunks.append(fn(x).float().cpu())
+    return segments, chunks
+
+
 @torch.no_grad()
 def embed_clips(
     model: nn.Module,
@@ -104,19 +126,10 @@ def embed_clips(
     ``task`` selects one task's embedding; ``None`` concatenates every task's (the Encoder
     contract).
     """
-    if task is not None and task not in model.tasks:
-        raise TympanError(f"--task {task}: this model has {', '.join(model.tasks)}")
-    dev = pick_device(device)
-    model = model.to(dev).eval()
-    seg_len = max(1, int(round(segment_seconds * model.sample_rate)))
-    segments = [segment(a, seg_len) for a in audio]
+    segments, chunks = _run_segments(model, audio, segment_seconds, lambda x: model(x, task),
+                                     task=task, batch_size=batch_size, device=device,
+                                     progress=progress, desc="embedding")
     owner = torch.from_numpy(np.repeat(np.arange(len(segments)), [len(s) for s in segments]))
-    flat = np.concatenate(segments) if segments else np.zeros((0, seg_len), np.float32)
-    chunks = []
-    for start in tqdm(range(0, len(flat), batch_size), desc="embedding", disable=not progress,
-                      leave=False):
-        x = torch.from_numpy(flat[start : start + batch_size]).to(dev)
-        chunks.append(model(x, task).float().cpu())
     emb = torch.cat(chunks) if chunks else torch.zeros(0, 1)
     # mean of each clip's segments, for all clips at once
     sums = torch.zeros(len(segments), emb.shape[1]).index_add_(0, owner, emb)
@@ -176,20 +189,13 @@ def embed_frames(
     that clip's :func:`embed_clips` embedding; under attention pooling the embedding is a
     learnt weighted mean of the frames instead.
     """
-    if task is not None and task not in model.tasks:
-        raise TympanError(f"--task {task}: this model has {', '.join(model.tasks)}")
-    dev = pick_device(device)
-    model = model.to(dev).eval()
+    segments, chunks = _run_segments(model, audio, segment_seconds,
+                                     lambda x: _frames(model, x, task), task=task,
+                                     batch_size=batch_size, device=device, progress=progress,
+                                     desc="frames")
     seg_len = max(1, int(round(segment_seconds * model.sample_rate)))
     lengths = np.array([len(a) for a in audio], dtype=np.int64)
-    segments = [segment(a, seg_len) for a in audio]
     counts = np.array([len(s) for s in segments], dtype=np.int64)
-    flat = np.concatenate(segments) if segments else np.zeros((0, seg_len), np.float32)
-    chunks = []
-    for start in tqdm(range(0, len(flat), batch_size), desc="frames", disable=not progress,
-                      leave=False):
-        x = torch.from_numpy(flat[start : start + batch_size]).to(dev)
-        chunks.append(_frames(model, x, task).float().cpu())
     if not chunks:
         return []
     frames = torch.cat(chunks).numpy()  # [S, T', D]

@@ -404,8 +404,8 @@ def _default_workers() -> int:
 
 def _run(tasks: list[_Task], workers: int, bar: tqdm) -> Iterator[tuple[int, Any]]:
     """Results of :func:`_work` in task order, in-process or in worker processes."""
-    can_fork = sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
-    if workers <= 1 or len(tasks) < 2 or not can_fork:
+    can_pool = sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
+    if workers <= 1 or len(tasks) < 2 or not can_pool:
         for t in tasks:
             yield _work(t)
             bar.update()

@@ -18,6 +18,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
+def _save(fig: Any, out_png: str | Path, **savefig: Any) -> Path:
+    """Write ``fig`` to ``out_png`` (folders created) at the report resolution and close it."""
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, **savefig)
+    plt.close(fig)
+    return out
+
+
 def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> Path | None:
     """Loss (and every ``*/loss``) against step from ``metrics.csv``; ``None`` if it is empty."""
     with open(metrics_csv, newline="") as f:
@@ -40,10 +49,7 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> Path |
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out_png)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out_png)
 
 
 def plot_fewshot(results: Sequence[dict[str, Any]], out_png: str | Path) -> Path:
@@ -67,10 +73,7 @@ def plot_fewshot(results: Sequence[dict[str, Any]], out_png: str | Path) -> Path
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    out = Path(out_png)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out_png)
 
 
 def plot_invariance_heatmap(table: Any, path: str | Path, *, title: str | None = None) -> Path:
@@ -109,11 +112,7 @@ def plot_invariance_heatmap(table: Any, path: str | Path, *, title: str | None =
                  fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 _METRIC_LABELS = {"roc_auc": "ROC-AUC", "map": "mAP", "accuracy": "accuracy"}
@@ -156,11 +155,7 @@ def plot_limited_data(result: Any, out_png: str | Path) -> Path:
         if ax.lines:
             ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out_png)
 
 
 def _class_colours(classes: Sequence[Any]) -> dict[str, Any]:
@@ -215,11 +210,7 @@ def plot_umap(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight")  # "tight" keeps the legend beside the panels
-    plt.close(fig)
-    return out
+    return _save(fig, out_png, bbox_inches="tight")  # "tight" keeps the legend beside the panels
 
 
 def plot_convergence(summary: Any, out_png: str | Path, *, title: str | None = None) -> Path:
@@ -253,8 +244,4 @@ def plot_convergence(summary: Any, out_png: str | Path, *, title: str | None = N
     if ax.lines:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out_png)

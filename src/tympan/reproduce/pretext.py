@@ -49,7 +49,7 @@ from tympan.evaluation.features import embed_frames, frame_stats, resolve_model
 from tympan.evaluation.verification import verification_eer
 from tympan.pretext.hsic import PretextSelection
 from tympan.pretext.labels import extract_labels
-from tympan.pretext.select import format_selection, select_from_data
+from tympan.pretext.select import select_from_data
 from tympan.training.pretrain import pretrain_or_reuse
 
 log = logging.getLogger("tympan")
@@ -324,5 +324,4 @@ def candidate_errors(
     return results
 
 
-__all__ = ["METHODS", "candidate_errors", "format_results", "format_selection",
-           "reproduce_pretext"]
+__all__ = ["METHODS", "candidate_errors", "format_results", "reproduce_pretext"]

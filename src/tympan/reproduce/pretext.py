@@ -58,7 +58,7 @@ log = logging.getLogger("tympan")
 METHODS = ("all", "mrmr", "rfe", "softmax", "sparsemax")
 
 #: ``--quick``: the CPU-sized PASE recipe, steps and probe/selection settings
-QUICK: dict[str, Any] = {"recipe": "pase_quick", "max_steps": 300, "selection_steps": 300}
+QUICK: dict[str, Any] = {"recipe": "pase_quick", "max_steps": 800, "selection_steps": 300}
 FULL: dict[str, Any] = {"recipe": "pase", "max_steps": None, "selection_steps": 300}
 
 #: statistics pooling of the frame-level representation for every downstream score

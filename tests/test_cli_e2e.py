@@ -116,14 +116,6 @@ def test_resume_after_kill_9(corpus: Path, tmp_path: Path) -> None:
         assert rows[step] == pytest.approx(expected, rel=1e-4), step
 
 
-@pytest.mark.slow
-def test_ddp_two_cpu_processes(corpus: Path, tmp_path: Path) -> None:
-    run = tmp_path / "ddp"
-    res = _cli("pretrain", "--data", str(corpus), "--out", str(run), "--max-steps", "3",
-               "--devices", "2", "--accelerator", "cpu", "--strategy", "ddp", *FAST)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads((run / "pretrain.json").read_text())["steps"] == 3
-    assert (run / "encoder.safetensors").is_file()
 
 
 def _corpus_with_bad_file(corpus: Path, tmp_path: Path) -> tuple[Path, Path]:

@@ -109,6 +109,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         progress=not args.quiet, overrides=_parse_set(args.set),
         pretext_weights=args.pretext_weights, pretext_labels=args.pretext_labels,
     )
+    if result.global_rank != 0:
+        return 0  # under DDP only rank 0 reports (it alone wrote the run directory)
     summary = result.to_json()
     _report_skipped(result.skipped)
     print(

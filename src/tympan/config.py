@@ -163,17 +163,36 @@ class PretextConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and the Lightning trainer."""
+    """Optimisation and the Lightning trainer (scaling out: ``docs/scale.md``)."""
 
+    #: clips per optimiser step on each device (each DDP process); the global (effective) batch
+    #: is ``batch_size x world size`` (devices x nodes as the trainer resolved them)
     batch_size: int = 64
     max_steps: int = 1000
+    #: the learning rate as tuned for ``base_batch_size``; the rate applied is scaled by
+    #: ``lr_scaling`` and recorded in ``pretrain.json`` (``environment.lr``)
     lr: float = 1e-3
+    #: how ``lr`` follows the effective batch: "none" (as given), "linear" (x effective/base,
+    #: Goyal et al. 2017) or "sqrt" (x sqrt(effective/base))
+    lr_scaling: str = "none"
+    #: the global batch ``lr`` was tuned for; ``None``: ``batch_size`` (one device)
+    base_batch_size: int | None = None
     weight_decay: float = 1e-6
     #: linear warm-up steps, then cosine decay to 0 at ``max_steps`` (stepped per batch)
     warmup_steps: int = 50
     num_workers: int = 2
-    #: "auto": bf16-mixed on CUDA, 32-true on CPU (bf16 on CPU is ~100x slower)
+    #: "auto": bf16-mixed on CUDA, 32-true on CPU (bf16 on CPU is ~100x slower); any other
+    #: value is Lightning's ``precision`` (e.g. "16-mixed", "32-true")
     precision: str = "auto"
+    #: convolution weights (encoder and EMA teachers) in ``torch.channels_last`` memory format:
+    #: true, false or "auto" (on when training on CUDA, where cuDNN's NHWC kernels are faster
+    #: with bf16/fp16; results agree with the default layout to float32 rounding)
+    channels_last: bool | str = "auto"
+    #: ``torch.compile`` every encoder backbone in place (weights keep their names) with
+    #: ``compile_mode``; the first steps are slower while it compiles. Needs a C compiler
+    compile: bool = False
+    #: "default", "reduce-overhead", "max-autotune" or "max-autotune-no-cudagraphs"
+    compile_mode: str = "default"
     accelerator: str = "auto"
     devices: int | str = "auto"
     num_nodes: int = 1
@@ -221,6 +240,13 @@ class Recipe:
     def task_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tasks)
 
+
+#: ``train.lr_scaling``: how the learning rate follows the effective batch
+LR_SCALING_RULES: tuple[str, ...] = ("none", "linear", "sqrt")
+#: ``train.compile_mode``: the modes of ``torch.compile``
+COMPILE_MODES: tuple[str, ...] = (
+    "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
+)
 
 #: objectives that read one view only: with them alone, ``views.kind: augment`` may have no ops
 #: (the seed-004 PASE-like model trains on clean speech; :mod:`tympan.methods.workers`)
@@ -413,6 +439,18 @@ def validate(recipe: Recipe) -> None:
     need(t.batch_size >= 2, "recipe field 'train.batch_size' must be >= 2")
     need(t.max_steps >= 1, "recipe field 'train.max_steps' must be >= 1")
     need(t.lr > 0, "recipe field 'train.lr' must be > 0")
+    need(t.lr_scaling in LR_SCALING_RULES,
+         f"recipe field 'train.lr_scaling' must be one of {', '.join(LR_SCALING_RULES)}, "
+         f"got {t.lr_scaling!r}")
+    need(t.base_batch_size is None or t.base_batch_size >= 1,
+         f"recipe field 'train.base_batch_size' must be >= 1 (the global batch 'train.lr' was "
+         f"tuned for) or null, got {t.base_batch_size}")
+    need(isinstance(t.channels_last, bool) or t.channels_last == "auto",
+         f"recipe field 'train.channels_last' must be true, false or 'auto', "
+         f"got {t.channels_last!r}")
+    need(t.compile_mode in COMPILE_MODES,
+         f"recipe field 'train.compile_mode' must be one of {', '.join(COMPILE_MODES)}, "
+         f"got {t.compile_mode!r}")
     need(t.shuffle_buffer >= 0, "recipe field 'train.shuffle_buffer' must be >= 0 (crops per "
                                 "worker; 0 shuffles the shard order only)")
     need(recipe.fewshot.segment_seconds > 0, "recipe field 'fewshot.segment_seconds' must be > 0")

@@ -39,6 +39,20 @@ SHORT_RUN_STEPS = 1000
 FULL_WIDTH = 64
 
 
+def _batch_and_lr(t: Any, pj: dict[str, Any]) -> str:
+    """The global batch and the learning rate the run applied (``train.lr_scaling``)."""
+    env = pj.get("environment") or {}
+    batch = env.get("effective_batch_size", t.batch_size)
+    lr = env.get("lr", t.lr)
+    text = f"batch {batch}"
+    if batch != t.batch_size:
+        text += f" ({t.batch_size} per process)"
+    text += f", learning rate {lr:g}"
+    if getattr(t, "lr_scaling", "none") != "none":
+        text += f" ({t.lr_scaling} scaling of {t.lr:g})"
+    return text
+
+
 def _md(value: Any) -> str:
     """Text for a Markdown table cell or line: no raw HTML, no cell breaks, one line."""
     s = "" if value is None else str(value)
@@ -186,7 +200,7 @@ def _procedure(c: RunContents) -> list[str]:
         lines += [
             f"- **{'Backbone r' if c.kind == 'finetune' else 'R'}ecipe:** `{_md(r.name)}` "
             f"(method `{_md(r.method)}`); the resolved recipe is `config.yaml` beside the weights.",
-            f"- **{pre}retraining optimisation:** batch {t.batch_size}, learning rate {t.lr:g}, weight decay "
+            f"- **{pre}retraining optimisation:** {_batch_and_lr(t, pj)}, weight decay "
             f"{t.weight_decay:g}, {t.warmup_steps} linear warm-up steps then cosine decay to 0 at "
             f"{t.max_steps} steps.",
         ]

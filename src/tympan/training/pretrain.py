@@ -71,8 +71,12 @@ class PretrainResult:
     collapse: dict[str, Any] = field(default_factory=dict)
     #: where the clips came from: ``{"kind": "manifest" | "shards", "source", "clips", ...}``
     data: dict[str, Any] = field(default_factory=dict)
-    #: seed, precision, accelerator, devices and device name the run trained with
+    #: seed, precision, accelerator, devices, nodes, effective batch, applied learning rate,
+    #: memory format, compilation and device name the run trained with
     environment: dict[str, Any] = field(default_factory=dict)
+    #: this process's global rank: under DDP every process returns a result, but only rank 0
+    #: wrote the run directory (callers print and write summaries on rank 0 only)
+    global_rank: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -416,11 +420,19 @@ def pretrain(
             # shared vs per-task, and the cost against one network per task (MT-SLVR)
             "encoder_breakdown": module.encoder.parameter_counts(),
         },
-        collapse=monitor.summary(),
+        collapse=monitor.summary(), global_rank=trainer.global_rank,
         environment={
             "seed": seed, "precision": str(trainer.precision),
             "accelerator": type(trainer.accelerator).__name__.replace("Accelerator", "").lower(),
             "devices": trainer.num_devices, "nodes": trainer.num_nodes,
+            # per-process batch x world size, and the learning rate applied for it
+            # (train.lr scaled by train.lr_scaling; docs/scale.md)
+            "batch_size": t.batch_size, "effective_batch_size": module.effective_batch_size,
+            # processes the global-batch losses gathered across (torch.distributed's world)
+            "gather_world_size": module.gather_world_size,
+            "lr": module.applied_lr, "lr_scaling": t.lr_scaling,
+            "channels_last": module.channels_last,
+            "compile": t.compile_mode if module.compiled else False,
             "device_name": (torch.cuda.get_device_name(module.device)
                             if module.device.type == "cuda" else platform.processor() or "cpu"),
             "torch": torch.__version__,

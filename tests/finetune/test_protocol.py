@@ -170,7 +170,7 @@ def test_finetune_over_folds(fold_data: Path, tmp_path: Path) -> None:
 def test_hf_backbone_end_to_end(split_data: Path, tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     write_random_hf_model("wav2vec2", tmp_path / "w2v", config=dict(
-        hidden_size=16, num_hidden_layers=1, intermediate_size=32, conv_dim=(16, 16)))
+        hidden_size=16, num_hidden_layers=1, intermediate_size=32, conv_dim=(16, 16, 16, 16)))
     out = tmp_path / "run"
     res = finetune("pairtune", f"hf:{tmp_path / 'w2v'}", split_data, out, seeds=1, **{**FAST, "epochs": 1})
     assert res.std is None and len(res.runs) == 1

@@ -226,12 +226,14 @@ def load_hf_encoder(path: str | Path, *, progress: bool = False) -> HFEncoder:
     return HFEncoder(model, sample_rate=sample_rate, normalize=normalize, source=folder).eval()
 
 
-#: a tiny transformer (2 layers of 32 units, a 2-layer convolutional feature encoder with a
-#: 10 ms stride): for tests and the CPU-sized AudioConFit reproduction, never for real work
+#: a tiny transformer (2 layers of 32 units, a 4-layer convolutional feature encoder with
+#: wav2vec 2.0's 20 ms frame stride, 320 samples at 16 kHz, so that attention sees 50 frames per
+#: second as in the real models): for tests and the CPU-sized AudioConFit reproduction, never
+#: for real work
 TINY_CONFIG: dict[str, Any] = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-    conv_dim=(32, 32), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=2,
+    conv_dim=(32, 32, 32, 32), conv_kernel=(10, 8, 4, 4), conv_stride=(5, 4, 4, 4),
+    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
 )
 
 

@@ -48,7 +48,12 @@ GOALS: dict[str, tuple[float, str]] = {
     "augment": (10.0, "issue 3: per-clip reference / batched views >= 10"),
     "augment_vs_encoder": (1.0, "issue 3: views take less time than encoder fwd+bwd, same clips"),
     "fewshot": (1.0, "no numeric target in docs/benchmarks.md: batched must be faster"),
-    "hsic": (1.0, "no numeric target in docs/benchmarks.md: vectorised must be faster"),
+    "hsic": (0.0, "no ratio target: the goal is the table's time (MAX_SECONDS)"),
+}
+#: maximum time of our side, where the goal is a time rather than a ratio
+MAX_SECONDS: dict[str, tuple[float, str]] = {
+    "hsic": (60.0, "issue 5: the whole table for 20 classes x 300 clips x 10 candidates in under "
+                   "a minute on the 2-core CPU"),
 }
 
 SMALL = {"aug_batch": 8, "aug_seconds": 0.5, "repeats": 1, "ref_repeats": 1, "episodes": 20,
@@ -86,9 +91,18 @@ def row(key: str, benchmark: str, size: str, device: str, ours: float, ref: floa
         details: dict[str, Any]) -> dict[str, Any]:
     goal, source = GOALS[key]
     ratio = ref / ours if ours > 0 else float("inf")
+    max_s, max_source = MAX_SECONDS.get(key, (float("inf"), ""))
     return {"key": key, "benchmark": benchmark, "size": size, "device": device, "ours_s": ours,
-            "reference_s": ref, "ratio": ratio, "goal_min_ratio": goal, "goal_source": source,
-            "holds": ratio >= goal, "details": details}
+            "reference_s": ref, "ratio": ratio, "goal_min_ratio": goal,
+            "goal_max_seconds": max_s if max_s != float("inf") else None,
+            "goal_source": max_source or source,
+            "holds": ratio >= goal and ours <= max_s, "details": details}
+
+
+def goal_text(r: dict[str, Any]) -> str:
+    if r["goal_max_seconds"] is not None:
+        return f"ours <= {r['goal_max_seconds']:g} s"
+    return f">= {r['goal_min_ratio']:g}x"
 
 
 def augment_rows(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
@@ -176,12 +190,15 @@ def main(argv: list[str] | None = None) -> None:
 
     machine = machine_line(device)
     rows: list[dict[str, Any]] = []
-    if "augment" in args.only:
-        rows += augment_rows(args, device)
+    # The augmentation benchmark runs last: its librosa/numba reference leaves worker threads
+    # spinning for a while after it returns, which slowed the batched readout measured after it
+    # by up to 2x on 2 cores (measured). The rows keep the order of the sections.
     if "fewshot" in args.only:
         rows += fewshot_rows(args)
     if "hsic" in args.only:
         rows += hsic_rows(args)
+    if "augment" in args.only:
+        rows = augment_rows(args, device) + rows
 
     print(machine)
     print()
@@ -189,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['benchmark']} | {r['size']} | {r['device']} | {r['ours_s']:.4g} | "
-              f"{r['reference_s']:.4g} | {r['ratio']:.1f}x | >= {r['goal_min_ratio']:g}x | "
+              f"{r['reference_s']:.4g} | {r['ratio']:.1f}x | {goal_text(r)} | "
               f"{'yes' if r['holds'] else '**no**'} |")
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k not in ("json", "verbose")}

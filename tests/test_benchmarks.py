@@ -64,5 +64,5 @@ def test_ratios_benchmark_small(tmp_path: Path) -> None:
     assert keys == ["augment", "augment_vs_encoder"] + ["fewshot"] * 4 + ["hsic"]
     for r in report["rows"]:
         assert r["ours_s"] > 0 and r["reference_s"] > 0 and r["ratio"] > 0
-        assert isinstance(r["holds"], bool) and r["goal_min_ratio"] > 0
+        assert isinstance(r["holds"], bool) and (r["goal_min_ratio"] > 0 or r["goal_max_seconds"] > 0)
     assert "machine:" in stdout and "| benchmark |" in stdout

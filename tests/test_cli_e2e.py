@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from tympan.cli import main
-from tympan.data.corpora import synth_corpus
 from tympan.training.module import warmup_cosine
 
 FAST = [
@@ -27,11 +26,6 @@ FAST = [
     "--set", "train.num_workers=0", "--set", "train.log_every_n_steps=1",
     "--set", "train.warmup_steps=2", "--set", "audio.clip_seconds=0.5", "-q",
 ]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth_corpus(tmp_path_factory.mktemp("corpus"), seed=0, scale="tiny", progress=False)
 
 
 def _steps(run: Path) -> list[int]:

@@ -16,7 +16,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from tympan.audio.io import load_audio
-from tympan.data.corpora import synth_corpus
 from tympan.data.manifest import Item, read_manifest, write_manifest
 from tympan.data.shards import (
     INDEX_NAME, PairSpec, ShardDataset, ShardLoader, epoch_shard_order, is_shard_source,
@@ -25,11 +24,6 @@ from tympan.data.shards import (
 from tympan.errors import AudioError, TympanError
 
 SHARD_SIZE = 40
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth_corpus(tmp_path_factory.mktemp("corpus"), seed=0, scale="tiny", progress=False)
 
 
 @pytest.fixture(scope="module")

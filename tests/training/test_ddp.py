@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 
-from tympan.data.corpora import synth_corpus
 from tympan.models.encoder import CONFIG_FILE, ENCODER_FILE
 
 STEPS = 3
@@ -41,11 +40,6 @@ TINY = [
 ]
 DDP = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth_corpus(tmp_path_factory.mktemp("corpus"), seed=0, scale="tiny", progress=False)
 
 
 def _run(cmd: list[str], timeout: float = 180) -> subprocess.CompletedProcess:

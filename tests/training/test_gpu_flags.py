@@ -20,7 +20,6 @@ import torch
 from safetensors.torch import load_file
 
 from tympan.config import load_recipe
-from tympan.data.corpora import synth_corpus
 from tympan.errors import ConfigError
 from tympan.models.encoder import ENCODER_FILE
 from tympan.training.module import PretrainModule, effective_batch, scaled_lr, warmup_cosine
@@ -31,11 +30,6 @@ TINY = {"train.batch_size": 8, "train.num_workers": 0, "train.log_every_n_steps"
         "tasks": [{"name": "contrastive", "objective": "nt_xent",
                    "head": {"hidden_dim": 16, "out_dim": 8}}]}
 STEPS = 2
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth_corpus(tmp_path_factory.mktemp("corpus"), seed=0, scale="tiny", progress=False)
 
 
 @pytest.fixture(scope="module")

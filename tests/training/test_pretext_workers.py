@@ -15,7 +15,6 @@ import pytest
 import soundfile as sf
 import yaml
 
-from tympan.data.corpora import synth_corpus
 from tympan.data.dataset import CropDataset
 from tympan.data.manifest import read_manifest
 from tympan.errors import ConfigError, TympanError
@@ -33,11 +32,6 @@ PASE_TINY = {**FAST, "frontend.n_mels": 16, "frontend.n_fft": 256, "frontend.hop
 SIMCLR_TINY = {**FAST, "model.width": 8,
                "tasks": [{"name": "contrastive", "objective": "nt_xent",
                           "head": {"hidden_dim": 16, "out_dim": 8}}]}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth_corpus(tmp_path_factory.mktemp("corpus"), seed=0, scale="tiny", progress=False)
 
 
 def _labels(corpus: Path, out: Path, drop: str | None = None) -> Path:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tympan.data.corpora import synth_corpus
 from tympan.data.shards import INDEX_NAME, write_shards
 from tympan.errors import TympanError
 from tympan.models.encoder import ENCODER_FILE
@@ -23,11 +22,6 @@ TINY = {"train.batch_size": 8, "train.num_workers": 0, "train.log_every_n_steps"
         "train.shuffle_buffer": 16,
         "tasks": [{"name": "contrastive", "objective": "nt_xent",
                    "head": {"hidden_dim": 16, "out_dim": 8}}]}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth_corpus(tmp_path_factory.mktemp("corpus"), seed=0, scale="tiny", progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -185,3 +185,18 @@ def test_compile_on_cpu_keeps_keys_and_results(corpus: Path, plain_run: Path,
     _assert_same_run(run, plain_run)
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert not [k for k in ckpt["state_dict"] if "_orig_mod" in k]
+
+
+def test_progress_bar_counts_steps(corpus: Path, tmp_path: Path) -> None:
+    """The bar is labelled by optimiser steps (max_epochs is -1, which the stock label shows as
+    "Epoch N/-2"), and a run with the bar on trains as usual."""
+    from types import SimpleNamespace
+
+    from tympan.training.pretrain import StepProgressBar
+
+    bar = StepProgressBar()
+    bar._trainer = SimpleNamespace(global_step=5, max_steps=10)
+    assert bar._get_train_description(3) == "epoch 3 · step 5/10"
+    result = pretrain("simclr", corpus, tmp_path / "run", max_steps=STEPS, progress=True,
+                      overrides=TINY)
+    assert result.steps == STEPS

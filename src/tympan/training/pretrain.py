@@ -24,6 +24,7 @@ Pretext workers need the frame labels of each file and are not available with sh
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import platform
@@ -36,7 +37,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 from torch.utils.data import DataLoader
 
 from tympan.config import Recipe, load_recipe, save_recipe
@@ -215,6 +216,34 @@ def needs_frame_labels(cfg: Recipe) -> bool:
     return True
 
 
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, labelled by optimiser steps: pretraining runs to
+    ``train.max_steps`` with ``max_epochs=-1``, for which the stock label reads "Epoch 66/-2".
+    The logger's version number (always 0 in a run folder) is left out of the metrics."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return (f"epoch {current_epoch} · step {self.trainer.global_step}/"
+                f"{self.trainer.max_steps}")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, *args, **kwargs)
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id,
+                                 description=self._get_train_description(trainer.current_epoch))
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
+def _progress_callbacks(progress: bool) -> list[pl.Callback]:
+    """The step-labelled bar where ``rich`` is installed; otherwise Lightning's default."""
+    if progress and importlib.util.find_spec("rich") is not None:
+        return [StepProgressBar()]
+    return []
+
+
 def pretrain(
     recipe: str | Path | Recipe,
     data: str | Path | None,
@@ -378,7 +407,7 @@ def pretrain(
         strategy=t.strategy,
         precision=resolve_precision(cfg, t.accelerator),
         logger=RunCSVLogger(out / "metrics.csv"),
-        callbacks=[checkpointing, monitor],
+        callbacks=[checkpointing, monitor, *_progress_callbacks(progress)],
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=progress,

@@ -41,6 +41,7 @@ from tympan.data.manifest import Item, read_manifest, write_manifest
 from tympan.errors import TympanError
 from tympan.finetune import finetune
 from tympan.models.hf import write_random_hf_model
+from tympan.reproduce import write_results
 from tympan.training.pretrain import pretrain_or_reuse
 
 log = logging.getLogger("tympan")
@@ -186,11 +187,7 @@ def reproduce_audioconfit(
     summary["pairtune_wins"] = {
         b: _wins(rows, b) for b in specs
     }
-    text = format_results(summary)
-    (out / "results.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    summary["markdown"] = text
-    return summary
+    return write_results(out, summary, format_results(summary))
 
 
 def _wins(rows: list[dict[str, Any]], backbone: str) -> bool | None:

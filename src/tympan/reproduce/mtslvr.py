@@ -20,7 +20,6 @@ splits (``test`` and ``val``) and any further manifests given with ``--eval-data
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from tympan.data.corpora import ensure_corpus
 from tympan.evaluation.features import resolve_model
 from tympan.evaluation.fewshot import FewShotBench
 from tympan.report.tables import format_parameters
+from tympan.reproduce import write_results
 from tympan.training.pretrain import pretrain_or_reuse
 
 log = logging.getLogger("tympan")
@@ -189,11 +189,7 @@ def reproduce_mtslvr(
         "agreement": _agreement(rows, families),
         "wall_seconds": round(time.time() - started, 1),
     }
-    text = format_results(summary)
-    (out / "results.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    summary["markdown"] = text
-    return summary
+    return write_results(out, summary, format_results(summary))
 
 
 def _agreement(rows: list[dict[str, Any]], families: tuple[str, ...]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from tympan.evaluation.downstream import ProbeBench
 from tympan.evaluation.features import resolve_model
 from tympan.report.plots import plot_limited_data
 from tympan.report.tables import format_probe_table
+from tympan.reproduce import write_results
 from tympan.training.pretrain import pretrain_or_reuse
 
 log = logging.getLogger("tympan")
@@ -148,11 +149,7 @@ def reproduce_multiview(
         "limited_data": curves, "ordering": _ordering(rows),
         "wall_seconds": round(time.time() - started, 1),
     }
-    text = format_results(summary)
-    (out / "results.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    summary["markdown"] = text
-    return summary
+    return write_results(out, summary, format_results(summary))
 
 
 def _ordering(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from tympan.evaluation.verification import verification_eer
 from tympan.pretext.hsic import PretextSelection
 from tympan.pretext.labels import extract_labels
 from tympan.pretext.select import select_from_data
+from tympan.reproduce import write_results
 from tympan.training.pretrain import pretrain_or_reuse
 
 log = logging.getLogger("tympan")
@@ -209,11 +210,7 @@ def reproduce_pretext(
         "rows": rows, "wall_seconds": round(time.time() - started, 1),
     }
     summary["ordering"] = _ordering(rows)
-    text = format_results(summary)
-    (out / "results.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    summary["markdown"] = text
-    return summary
+    return write_results(out, summary, format_results(summary))
 
 
 def _ordering(rows: list[dict[str, Any]]) -> dict[str, Any]:

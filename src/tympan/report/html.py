@@ -43,7 +43,7 @@ from tympan.report.run import (
     objective_origin,
     seed_label,
 )
-from tympan.report.tables import METRIC_TITLES, format_parameters
+from tympan.report.tables import METRIC_TITLES
 
 plt = plots.plt  # the Agg backend, set once in tympan.report.plots
 MaxNLocator = plots.MaxNLocator
@@ -190,11 +190,11 @@ def _seconds(s: Any) -> str:
 def _bytes(n: int) -> str:
     if n < 0:
         return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return str(n)
+    return f"{n:.1f} GB"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,21 +508,16 @@ def _summary(p: _Page) -> str:
         rows.append(("input", f"mono {r.audio.sample_rate} Hz, {r.audio.clip_seconds:g} s crops; "
                               f"log-mel {f.n_mels} bands, n_fft {f.n_fft}, hop {f.hop_length}, "
                               f"{f.channels} channel(s)"))
-    for fr in c.finetune:
-        if fr.path == Path("results.json"):
-            d = fr.data
-            desc, seed = objective_origin(str(d.get("method")))
-            rows += [("fine-tuning", f"{d.get('method')} of backbone {d.get('backbone')} "
-                                     f"({d.get('protocol')}; {d.get('validation')}) — {desc}; "
-                                     f"{seed_label(seed, short=True)}")]
-    breakdown = c.encoder_breakdown
-    if breakdown:
-        try:
-            rows.append(("parameters", format_parameters(breakdown)))
-        except (KeyError, TypeError, ZeroDivisionError):
-            rows.append(("parameters", f"encoder {_num(breakdown.get('total'))}"))
-    elif c.encoder_parameters is not None:
-        rows.append(("parameters", f"encoder {c.encoder_parameters:,}"))
+    fr = c.finetune_result
+    if fr is not None:
+        d = fr.data
+        desc, seed = objective_origin(str(d.get("method")))
+        rows += [("fine-tuning", f"{d.get('method')} of backbone {d.get('backbone')} "
+                                 f"({d.get('protocol')}; {d.get('validation')}) — {desc}; "
+                                 f"{seed_label(seed, short=True)}")]
+    size = c.parameters_text(_num)
+    if size is not None:
+        rows.append(("parameters", size))
     params = pj.get("parameters") or {}
     if isinstance(params.get("heads"), int):
         extra = f"heads {params['heads']:,} (trainable, discarded after pretraining)"
@@ -568,12 +563,12 @@ def _summary(p: _Page) -> str:
 def _training(p: _Page) -> str:
     c = p.c
     if not c.metrics:
-        png = next((i for i in c.images if i == Path("training.png")), None)
-        if png is not None:
-            p.use(png)
+        saved = Path("training.png")
+        if saved in c.images:
+            p.use(saved)
             return (_absent("metrics.csv (per-step losses)") +
                     "<p>The curves saved at the end of training (<code>training.png</code>):</p>"
-                    + _img((c.root / png).read_bytes(), "training curves"))
+                    + _img((c.root / saved).read_bytes(), "training curves"))
         if c.kind == "finetune":
             return ('<p class="muted">A fine-tuning run logs validation accuracy per epoch instead; '
                     'see <a href="#finetune">fine-tuning</a>.</p>')
@@ -742,7 +737,8 @@ def _finetune_section(p: _Page) -> str:
                 out.append(_img(png, "validation accuracy per epoch"))
     if not out:
         return ""
-    return "<h3>Fine-tuning</h3>" + "".join(out)
+    # its own anchor, for the link from the training section of a fine-tuning run
+    return '<h3 id="finetune">Fine-tuning</h3>' + "".join(out)
 
 
 def _documents_section(p: _Page) -> str:
@@ -757,13 +753,8 @@ def _documents_section(p: _Page) -> str:
 def _results(p: _Page) -> str:
     body = _fewshot_section(p) + _probe_section(p) + _finetune_section(p) + _documents_section(p)
     c = p.c
-    missing = []
-    if not c.fewshot:
-        missing.append("few-shot results")
-    if not c.probes:
-        missing.append("probe results")
-    if not c.finetune and c.kind != "pretrain":
-        missing.append("fine-tuning results")
+    missing = [a.piece for a in c.absent()
+               if a.piece in ("few-shot results", "probe results", "fine-tuning results")]
     note = ""
     if missing and c.kind != "results":
         note = (f'<p class="absent">Not in this run: {_e(", ".join(missing))}. '
@@ -774,7 +765,7 @@ def _results(p: _Page) -> str:
 def _invariance(p: _Page) -> str:
     c = p.c
     if not c.invariance:
-        cmd = next((a.command for a in c.absent() if a.piece == "invariance"), None)
+        cmd = c.command_for("invariance")
         return _absent("the learnt-invariance analysis", cmd)
     out = []
     for f in c.invariance:
@@ -806,7 +797,7 @@ def _invariance(p: _Page) -> str:
 def _head_weights(p: _Page) -> str:
     c = p.c
     if not c.head_weights:
-        cmd = next((a.command for a in c.absent() if a.piece == "head weights"), None)
+        cmd = c.command_for("head weights")
         return _absent("the head-weight analysis", cmd)
     out = []
     for f in c.head_weights:
@@ -829,7 +820,7 @@ def _head_weights(p: _Page) -> str:
 def _geometry(p: _Page) -> str:
     c = p.c
     if not c.geometry:
-        cmd = next((a.command for a in c.absent() if a.piece == "geometry and UMAP"), None)
+        cmd = c.command_for("geometry and UMAP")
         body = _absent("the geometry analysis (anisotropy, dimensional contribution, UMAP)", cmd)
     else:
         parts = []
@@ -938,9 +929,7 @@ def render_report(c: RunContents, *, generated: str | None = None) -> str:
     if c.kind != "results" or c.recipe_text is not None:
         p.add("recipe", "Recipe", _recipe(p))
     p.add("files", "Files", _files(p))
-    # the fine-tuning block carries its own anchor for links from the loss section
     body = "\n".join(f'<section id="{a}"><h2>{_e(t)}</h2>\n{b}\n</section>' for a, t, b in p.sections)
-    body = body.replace("<h3>Fine-tuning</h3>", '<h3 id="finetune">Fine-tuning</h3>', 1)
     nav = "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t, _ in p.sections)
     when = generated or _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     title = f"tympan report: {c.name}"

@@ -28,7 +28,7 @@ from tympan.report.run import (
     seed_label,
     write_atomic,
 )
-from tympan.report.tables import METRIC_TITLES, format_parameters
+from tympan.report.tables import METRIC_TITLES
 
 __all__ = ["MODEL_CARD_FILE", "render_model_card", "write_model_card"]
 
@@ -107,14 +107,9 @@ def _model_details(c: RunContents) -> list[str]:
                      f"{r.frontend.channels} channel(s)).")
     else:
         lines.append("- **Architecture:** not recorded (config.yaml is missing).")
-    breakdown = c.encoder_breakdown
-    if breakdown:
-        try:
-            lines.append(f"- **Parameters:** {_md(format_parameters(breakdown))}.")
-        except (KeyError, TypeError, ZeroDivisionError):
-            lines.append(f"- **Parameters:** encoder {_num(breakdown.get('total'))}.")
-    elif c.encoder_parameters is not None:
-        lines.append(f"- **Parameters:** encoder {c.encoder_parameters:,}.")
+    size = c.parameters_text(_num)
+    if size is not None:
+        lines.append(f"- **Parameters:** {_md(size)}.")
     else:
         lines.append("- **Parameters:** not recorded (no pretrain.json).")
     heads = ((c.pretrain or {}).get("parameters") or {}).get("heads")
@@ -130,11 +125,11 @@ def _model_details(c: RunContents) -> list[str]:
             desc, seed = objective_origin(t.objective)
             rows.append([t.name, t.objective, _Cell(f"{t.weight:g}"), desc, seed_label(seed)])
         lines += _table(["task", "objective", "weight", "what it is", "source document"], rows)
-    for f in c.finetune:
-        if f.path == Path("results.json"):
-            desc, seed = objective_origin(str(f.data.get("method")))
-            lines += ["", f"Fine-tuning: **{_md(f.data.get('method'))}** of backbone "
-                          f"`{_md(f.data.get('backbone'))}` — {_md(desc)}; {_md(seed_label(seed))}."]
+    f = c.finetune_result
+    if f is not None:
+        desc, seed = objective_origin(str(f.data.get("method")))
+        lines += ["", f"Fine-tuning: **{_md(f.data.get('method'))}** of backbone "
+                      f"`{_md(f.data.get('backbone'))}` — {_md(desc)}; {_md(seed_label(seed))}."]
     return lines
 
 
@@ -143,8 +138,9 @@ def _training_data(c: RunContents) -> list[str]:
     pj = c.pretrain or {}
     lines = ["## Training data", ""]
     data = c.training_data
-    ft = next((f.data for f in c.finetune if f.path == Path("results.json")), None)
-    if ft is not None:
+    result = c.finetune_result
+    if result is not None:
+        ft = result.data
         s = ft.get("settings") or {}
         lines += [
             f"- **Fine-tuning manifest:** `{_md(data)}` ({len(ft.get('classes') or [])} classes; "
@@ -219,13 +215,13 @@ def _procedure(c: RunContents) -> list[str]:
     seed = pj.get("seed", (pj.get("environment") or {}).get("seed"))
     if c.kind != "finetune":  # a fine-tuning run lists its seeds below
         lines.append(f"- **Seed:** {_md(seed) if seed is not None else 'not recorded'}.")
-    for f in c.finetune:
-        if f.path == Path("results.json"):
-            s = f.data.get("settings") or {}
-            lines.append(f"- **Fine-tuning:** {_num(s.get('epochs'))} epochs, batch "
-                         f"{_num(s.get('batch_size'))}, lr {_md(s.get('lr'))} ({_md(s.get('optimizer'))}, "
-                         f"{_md(s.get('schedule'))}); seeds {_md(s.get('seeds'))}; protocol "
-                         f"{_md(f.data.get('protocol'))}.")
+    f = c.finetune_result
+    if f is not None:
+        s = f.data.get("settings") or {}
+        lines.append(f"- **Fine-tuning:** {_num(s.get('epochs'))} epochs, batch "
+                     f"{_num(s.get('batch_size'))}, lr {_md(s.get('lr'))} ({_md(s.get('optimizer'))}, "
+                     f"{_md(s.get('schedule'))}); seeds {_md(s.get('seeds'))}; protocol "
+                     f"{_md(f.data.get('protocol'))}.")
     collapse = c.collapse
     if collapse:
         if c.collapsed:
@@ -240,9 +236,7 @@ def _procedure(c: RunContents) -> list[str]:
 
 def _results(c: RunContents) -> list[str]:
     lines = ["## Evaluation results", ""]
-    any_result = False
     if c.fewshot:
-        any_result = True
         lines += ["Few-shot classification (linear readout on frozen embeddings; accuracy %, "
                   "mean ± 95% CI half-width over episodes):", ""]
         rows = []
@@ -254,7 +248,6 @@ def _results(c: RunContents) -> list[str]:
         lines += _table(["model", "split", "features", "setting", "episodes", "accuracy (%)", "file"], rows)
         lines.append("")
     if c.probes:
-        any_result = True
         lines += ["Probes on frozen embeddings (bootstrap mean ± std over test-set draws; "
                   "≈95% interval = mean ± 1.96 std):", ""]
         rows = []
@@ -270,7 +263,6 @@ def _results(c: RunContents) -> list[str]:
         lines += _table(["data", "probe", "metric", "mean ± std", "≈95% interval", "file"], rows)
         lines.append("")
     if c.finetune:
-        any_result = True
         lines += ["Fine-tuning (test accuracy %, mean ± std over runs, and the 95% CI half-width):", ""]
         rows = []
         for f in c.finetune:
@@ -304,9 +296,8 @@ def _results(c: RunContents) -> list[str]:
             lines += _table(["dataset", "accuracy (%)", *tasks], rows)
             lines.append("")
     for f in c.documents:
-        any_result = True
         lines.append(f"- Reproduction results: `{_md(f.path.as_posix())}` (see that file).")
-    if not any_result:
+    if not c.has_results:
         lines.append("**No evaluation results in this run.** Until there are, nothing is known "
                      "about how well these embeddings work.")
     missing = [a for a in c.absent() if a.piece in ("few-shot results", "probe results")]
@@ -360,7 +351,8 @@ def _limitations(c: RunContents) -> list[str]:
     if c.collapsed:
         out.append("The collapse monitor flagged possible collapse during training: the "
                    "embeddings may be near-constant or low-rank in at least one task.")
-    ft = next((f.data.get("settings") or {} for f in c.finetune if f.path == Path("results.json")), None)
+    result = c.finetune_result
+    ft = (result.data.get("settings") or {}) if result is not None else None
     if ft is not None and ft.get("sample_rate") and ft.get("clip_seconds"):
         sr, crop = ft["sample_rate"], ft["clip_seconds"]
     elif r is not None:
@@ -380,7 +372,7 @@ def _limitations(c: RunContents) -> list[str]:
         counts = ", ".join(str(f.data["episodes"]) for f in small)
         out.append(f"Few-shot results use fewer than 600 episodes ({counts}); their confidence "
                    "intervals are wide.")
-    if not (c.fewshot or c.probes or c.finetune or c.documents):
+    if not c.has_results:
         out.append("No evaluation results: its usefulness is unmeasured.")
     out.append("One training seed: run-to-run variation is not measured by this run.")
     return ["## Limitations", ""] + [f"- {x}" for x in out]

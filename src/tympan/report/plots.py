@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from tympan.report.tables import METRIC_TITLES  # noqa: E402
+
 
 def _save(fig: Any, out_png: str | Path, **savefig: Any) -> Path:
     """Write ``fig`` to ``out_png`` (folders created) at the report resolution and close it."""
@@ -115,9 +117,6 @@ def plot_invariance_heatmap(table: Any, path: str | Path, *, title: str | None =
     return _save(fig, path)
 
 
-_METRIC_LABELS = {"roc_auc": "ROC-AUC", "map": "mAP", "accuracy": "accuracy"}
-
-
 def plot_limited_data(result: Any, out_png: str | Path) -> Path:
     """Test metric against training fraction (log x, in percent), one line per model, error bars
     the standard deviation over the random training subsets; one panel per metric (ROC-AUC and
@@ -149,8 +148,8 @@ def plot_limited_data(result: Any, out_png: str | Path) -> Path:
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:g}%" for t in ticks])
         ax.minorticks_off()
-        ax.set(xlabel="training set used", ylabel=f"test {_METRIC_LABELS.get(metric, metric)}",
-               title=f"limited data: {_METRIC_LABELS.get(metric, metric)}")
+        ax.set(xlabel="training set used", ylabel=f"test {METRIC_TITLES.get(metric, metric)}",
+               title=f"limited data: {METRIC_TITLES.get(metric, metric)}")
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8, loc="lower right")

@@ -28,12 +28,14 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 
 from tympan.config import Recipe, load_recipe
 from tympan.errors import TympanError
+from tympan.report.tables import format_parameters
 
 __all__ = [
     "Absent", "Found", "RunContents", "SEED_DOCUMENTS", "collapse_thresholds", "gather_run",
@@ -143,6 +145,11 @@ def collapse_thresholds() -> dict[str, float]:
     except Exception:  # noqa: BLE001 - fall back to the documented defaults
         return dict(_COLLAPSE_DEFAULTS)
     return found
+
+
+def _count(v: Any) -> str:
+    """A count with thousands separators (anything else as it is)."""
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
 
 
 @dataclass
@@ -268,10 +275,34 @@ class RunContents:
     def has_results(self) -> bool:
         return bool(self.fewshot or self.probes or self.finetune or self.documents)
 
+    @property
+    def finetune_result(self) -> Found | None:
+        """``tympan finetune``'s own ``results.json`` at the top of the run, if there is one."""
+        return next((f for f in self.finetune if f.path == Path("results.json")), None)
+
+    def parameters_text(self, num: Callable[[Any], str] = _count) -> str | None:
+        """The encoder's size in one line (the breakdown of ``pretrain.json`` where it is
+        recorded, else the bare count); ``None`` when no file records it. ``num`` formats the
+        total when the breakdown is incomplete."""
+        breakdown = self.encoder_breakdown
+        if breakdown:
+            try:
+                return format_parameters(breakdown)
+            except (KeyError, TypeError, ZeroDivisionError):
+                return f"encoder {num(breakdown.get('total'))}"
+        if self.encoder_parameters is not None:
+            return f"encoder {num(self.encoder_parameters)}"
+        return None
+
+    def command_for(self, piece: str) -> str | None:
+        """The command that would produce the absent ``piece`` (see :meth:`absent`)."""
+        return next((a.command for a in self.absent() if a.piece == piece), None)
+
     def absent(self) -> list[Absent]:
         """What this run lacks that a report could show, with the command that would make it."""
         run = shlex.quote(str(self.root))
-        data = shlex.quote(self.any_data()) if self.any_data() else "MANIFEST"
+        data = self.any_data()
+        data = shlex.quote(data) if data else "MANIFEST"
         out: list[Absent] = []
         if self.kind == "results":
             for sub in self.subruns:
@@ -513,7 +544,7 @@ def gather_run(run: str | Path) -> RunContents:
 
     if c.pretrain is not None or c.metrics:
         c.kind = "pretrain"
-    elif any(f.path == Path("results.json") for f in c.finetune):
+    elif c.finetune_result is not None:
         c.kind = "finetune"
     elif c.recipe is None and not (root / "encoder.safetensors").is_file():
         c.kind = "results"
@@ -524,6 +555,7 @@ def gather_run(run: str | Path) -> RunContents:
 # the training data
 
 
+@functools.lru_cache(maxsize=1)
 def _synthetic_labels() -> frozenset[str]:
     """Class names of the embedded procedural corpora (sound events and music tags)."""
     names: set[str] = set()

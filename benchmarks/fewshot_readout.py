@@ -30,11 +30,11 @@ def per_episode_sklearn(x: np.ndarray, eps, C: float = 1.0) -> np.ndarray:
     return np.asarray(acc)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=600)
     p.add_argument("--json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     rng = np.random.default_rng(0)
     rows = []
     for dim in (128, 512):

@@ -43,7 +43,7 @@ def loop_reference(X: np.ndarray, labels: dict[str, np.ndarray], y: np.ndarray,
     return {k: v / len(y) for k, v in totals.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--classes", type=int, default=20)
     p.add_argument("--per-class", type=int, default=300)
@@ -51,7 +51,7 @@ def main() -> None:
     p.add_argument("--n-mels", type=int, default=80)
     p.add_argument("--frames", type=int, default=20, help="frames after Gaussian downsampling")
     p.add_argument("--json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(args.classes), args.per_class)
     d = args.n_mels * args.frames

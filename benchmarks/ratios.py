@@ -14,9 +14,9 @@ Runs, one after the other in this interpreter (same machine state, same torch th
 
 The three scripts are imported from this folder and their own code does the measuring:
 ``augment_views.mtslvr_rows`` is called directly; ``fewshot_readout`` and ``hsic`` have no
-function that returns their numbers, so their ``main()`` runs with its command-line flags and
-``--json`` pointed at a temporary file, which is read back (their printed tables are hidden unless
-``--verbose``).
+function that returns their numbers, so their ``main(argv)`` is called with its command-line
+flags and ``--json`` pointed at a temporary file, which is read back (their printed tables are
+hidden unless ``--verbose``).
 
 Every ratio is reference time / our time, so bigger is better, and each row states the goal it is
 held to (``GOALS``) and whether it holds in this run.
@@ -32,7 +32,6 @@ import importlib.util
 import io
 import json
 import os
-import platform
 import sys
 import tempfile
 import types
@@ -43,19 +42,21 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 
-#: minimum reference/ours ratio per benchmark, and where the goal comes from
-GOALS: dict[str, tuple[float, str]] = {
-    "augment": (10.0, "issue 3: per-clip reference / batched views >= 10"),
-    "augment_vs_encoder": (1.0, "issue 3: views take less time than encoder fwd+bwd, same clips"),
-    "fewshot": (1.0, "no numeric target in docs/benchmarks.md: batched must be faster"),
-    "hsic": (0.0, "no ratio target: the goal is the table's time (MAX_SECONDS)"),
-}
-#: maximum time of our side, where the goal is a time rather than a ratio
-MAX_SECONDS: dict[str, tuple[float, str]] = {
-    "hsic": (60.0, "issue 5: the whole table for 20 classes x 300 clips x 10 candidates in under "
-                   "a minute on the 2-core CPU"),
+#: per benchmark: minimum reference/ours ratio, maximum time of our side (None: no time goal),
+#: and where the goal comes from
+GOALS: dict[str, tuple[float, float | None, str]] = {
+    "augment": (10.0, None, "issue 3: per-clip reference / batched views >= 10"),
+    "augment_vs_encoder": (1.0, None,
+                           "issue 3: views take less time than encoder fwd+bwd, same clips"),
+    "fewshot": (1.0, None, "no numeric target in docs/benchmarks.md: batched must be faster"),
+    "hsic": (0.0, 60.0, "issue 5: the whole table for 20 classes x 300 clips x 10 candidates in "
+                        "under a minute on the 2-core CPU"),
 }
 
+#: the size flags' values without --small (an explicit flag wins over both)
+FULL = {"aug_batch": 64, "aug_seconds": 3.0, "repeats": 5, "ref_repeats": 3, "episodes": 600,
+        "hsic_classes": 20, "hsic_per_class": 300, "hsic_candidates": 10, "hsic_n_mels": 80,
+        "hsic_frames": 20}
 SMALL = {"aug_batch": 8, "aug_seconds": 0.5, "repeats": 1, "ref_repeats": 1, "episodes": 20,
          "hsic_classes": 4, "hsic_per_class": 40, "hsic_candidates": 3, "hsic_n_mels": 20,
          "hsic_frames": 5}
@@ -72,31 +73,23 @@ def load_script(name: str) -> types.ModuleType:
 
 
 def run_main(module: types.ModuleType, argv: list[str], verbose: bool) -> Any:
-    """``module.main()`` with ``argv`` and ``--json`` to a temporary file; that file's content."""
+    """``module.main(argv)`` with ``--json`` to a temporary file; that file's content."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.json")
-        saved = sys.argv
-        sys.argv = [module.__file__, *argv, "--json", out]
-        buf = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(sys.stdout if verbose else buf):
-                module.main()
-        finally:
-            sys.argv = saved
+        with contextlib.redirect_stdout(sys.stdout if verbose else io.StringIO()):
+            module.main([*argv, "--json", out])
         with open(out) as f:
             return json.load(f)
 
 
 def row(key: str, benchmark: str, size: str, device: str, ours: float, ref: float,
         details: dict[str, Any]) -> dict[str, Any]:
-    goal, source = GOALS[key]
+    min_ratio, max_s, source = GOALS[key]
     ratio = ref / ours if ours > 0 else float("inf")
-    max_s, max_source = MAX_SECONDS.get(key, (float("inf"), ""))
     return {"key": key, "benchmark": benchmark, "size": size, "device": device, "ours_s": ours,
-            "reference_s": ref, "ratio": ratio, "goal_min_ratio": goal,
-            "goal_max_seconds": max_s if max_s != float("inf") else None,
-            "goal_source": max_source or source,
-            "holds": ratio >= goal and ours <= max_s, "details": details}
+            "reference_s": ref, "ratio": ratio, "goal_min_ratio": min_ratio,
+            "goal_max_seconds": max_s, "goal_source": source,
+            "holds": ratio >= min_ratio and (max_s is None or ours <= max_s), "details": details}
 
 
 def goal_text(r: dict[str, Any]) -> str:
@@ -142,17 +135,11 @@ def hsic_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def machine_line(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = (f"GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda"
-           else "no GPU used")
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return (f"machine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-            f"{gpu}; torch {torch.__version__}; load average at start {load}")
+    m = load_script("recipes").machine_info(device)
+    gpu = f"GPU {m['device_name']}" if device.type == "cuda" else "no GPU used"
+    load = ", ".join(f"{v:.2f}" for v in m["load_average_at_start"])
+    return (f"machine: {m['cpu']}, {m['cpu_cores']} cores, {m['torch_threads']} torch threads, "
+            f"{gpu}; torch {m['torch']}; load average at start {load}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,26 +151,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="device of the augmentation benchmark (the other two run on the CPU)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own)")
-    p.add_argument("--aug-batch", type=int, default=64)
-    p.add_argument("--aug-seconds", type=float, default=3.0)
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats of the fast paths")
-    p.add_argument("--ref-repeats", type=int, default=3,
-                   help="timed repeats of the per-clip reference")
-    p.add_argument("--episodes", type=int, default=600)
-    p.add_argument("--hsic-classes", type=int, default=20)
-    p.add_argument("--hsic-per-class", type=int, default=300)
-    p.add_argument("--hsic-candidates", type=int, default=10)
-    p.add_argument("--hsic-n-mels", type=int, default=80)
-    p.add_argument("--hsic-frames", type=int, default=20)
+    # size flags: default None, filled from SMALL or FULL below
+    p.add_argument("--aug-batch", type=int)
+    p.add_argument("--aug-seconds", type=float)
+    p.add_argument("--repeats", type=int, help="timed repeats of the fast paths")
+    p.add_argument("--ref-repeats", type=int, help="timed repeats of the per-clip reference")
+    p.add_argument("--episodes", type=int)
+    p.add_argument("--hsic-classes", type=int)
+    p.add_argument("--hsic-per-class", type=int)
+    p.add_argument("--hsic-candidates", type=int)
+    p.add_argument("--hsic-n-mels", type=int)
+    p.add_argument("--hsic-frames", type=int)
     p.add_argument("--verbose", action="store_true", help="also print each script's own table")
     p.add_argument("--json")
     args = p.parse_args(argv)
-    if args.small:
-        raw = argv if argv is not None else sys.argv[1:]
-        given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in raw}
-        for key, value in SMALL.items():
-            if key not in given:  # an explicit size flag wins over --small
-                setattr(args, key, value)
+    for key, value in (SMALL if args.small else FULL).items():
+        if getattr(args, key) is None:  # an explicit size flag wins over --small
+            setattr(args, key, value)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -692,15 +692,16 @@ def _plan(spec: CorpusSpec, seed: int) -> list[tuple[str, str, str, str, int, in
     return rows
 
 
-def _n_workers(n_items: int, min_items: int = _PARALLEL_MIN_CLIPS) -> int:
-    """Worker processes: one per available core (at most 8), or none below ``min_items`` items.
+def _can_fork() -> bool:
+    """Whether worker processes may be forked here: only on Linux (cheap, and no re-import of
+    the caller's script), and never from a daemonic process, which may not have children."""
+    return sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
 
-    Only on Linux, where workers are forked (cheap, and no re-import of the caller's script);
-    never from a daemonic process, which may not have children.
-    """
-    if n_items < min_items or not sys.platform.startswith("linux"):
-        return 1
-    if multiprocessing.current_process().daemon:
+
+def _n_workers(n_items: int, min_items: int = _PARALLEL_MIN_CLIPS) -> int:
+    """Worker processes: one per available core (at most 8), or none below ``min_items`` items
+    or where :func:`_can_fork` says no."""
+    if n_items < min_items or not _can_fork():
         return 1
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -715,11 +716,11 @@ def render_parallel(
 ) -> list[Any]:
     """``[fn(t) for t in tasks]`` in forked worker processes, in order, with a progress bar.
     ``workers``: ``None`` picks :func:`_n_workers`; a number asks for exactly that many (``1``:
-    in this process; forking only where :func:`_n_workers` allows it). ``fn`` must be a
+    in this process; forking only where :func:`_can_fork` allows it). ``fn`` must be a
     module-level function (the embedded corpora's renderers)."""
     if workers is None:
         workers = _n_workers(len(tasks), min_parallel)
-    elif workers > 1 and _n_workers(len(tasks), 0) == 1:
+    elif workers > 1 and not _can_fork():
         workers = 1  # no fork here (not Linux, or a daemonic process)
     with tqdm(total=len(tasks), desc=desc, unit=unit, disable=not progress) as bar:
         if workers == 1:

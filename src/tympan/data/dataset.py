@@ -50,7 +50,12 @@ class CropDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        wav = load_audio(self.items[index].path, self.sample_rate)
+        return self.crop(load_audio(self.items[index].path, self.sample_rate), index)
+
+    def crop(self, wav: np.ndarray, index: int) -> dict[str, torch.Tensor | int]:
+        """The item of a decoded clip ``wav`` (mono, ``sample_rate``) as :meth:`__getitem__`
+        returns it; also used by :class:`~tympan.data.shards.ShardDataset`. The ``audio``
+        tensor may share memory with ``wav``."""
         spare = max(0, len(wav) - self.num_samples)
         if self.random_crop:
             # torch's RNG: seeded per worker by the DataLoader, hence reproducible with --seed
@@ -168,6 +173,12 @@ class SameTrackPairDataset(Dataset):
                 f"{self.min_gap / self.sample_rate:g} s apart (views.kind: same_track); "
                 f"use longer tracks or lower views.segment_seconds / views.min_gap",
             )
+        return self.pair(wav, index)
+
+    def pair(self, wav: np.ndarray, index: int) -> dict[str, torch.Tensor | int]:
+        """The item of a decoded clip ``wav`` long enough for a pair (the caller checks
+        ``segment + min_gap``), as :meth:`__getitem__` returns it; also used by
+        :class:`~tympan.data.shards.ShardDataset`. The tensors may share memory with ``wav``."""
         energy = np.concatenate(([0.0], np.cumsum(wav.astype(np.float64) ** 2)))
         a, b = self.starts(len(wav), energy)
         n = self.num_samples

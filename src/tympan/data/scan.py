@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,17 +70,45 @@ def _check(
 
 
 def _in_order(
-    pool: ThreadPoolExecutor, items: Sequence[Item], sample_rate: int, min_seconds: float,
-    keep: bool, window: int,
-) -> Iterator[np.ndarray | AudioError | None]:
-    """Results of :func:`_check` in item order, with at most ``window`` files in flight."""
-    pending: deque[Future[np.ndarray | AudioError | None]] = deque()
+    pool: ThreadPoolExecutor, fn: Callable[..., Any], items: Sequence[Item], window: int,
+    *args: Any,
+) -> Iterator[Any]:
+    """Results of ``fn(item, *args)`` (e.g. :func:`_check`) in item order, with at most
+    ``window`` files in flight on ``pool``."""
+    pending: deque[Future[Any]] = deque()
     next_index = 0
     while pending or next_index < len(items):
         while next_index < len(items) and len(pending) < window:
-            pending.append(pool.submit(_check, items[next_index], sample_rate, min_seconds, keep))
+            pending.append(pool.submit(fn, items[next_index], *args))
             next_index += 1
         yield pending.popleft().result()
+
+
+def _usable(
+    items: Sequence[Item], results: Iterator[Any], *, skip_bad: bool,
+    skipped: list[dict[str, str]], bar: tqdm,
+) -> Iterator[tuple[Item, Any]]:
+    """``(item, result)`` of the items whose result is no :class:`AudioError`, in order,
+    advancing ``bar`` per item. A bad file raises its AudioError (with :data:`SKIP_BAD_HINT`)
+    or, with ``skip_bad``, is appended to ``skipped`` as ``{"path", "reason"}``."""
+    for item, result in zip(items, results):
+        bar.update(1)
+        if isinstance(result, AudioError):
+            if not skip_bad:
+                raise AudioError(result.path, f"{result.reason} {SKIP_BAD_HINT}") from None
+            skipped.append({"path": result.path, "reason": result.reason})
+            continue
+        yield item, result
+
+
+def _warn_skipped(skipped: Sequence[dict[str, str]], total: int) -> None:
+    """One warning on the ``tympan`` logger summarising the skipped files, if any."""
+    if skipped:
+        first = skipped[0]
+        log.warning(
+            "skipped %d of %d audio file(s) that cannot be used (first: %s: %s)",
+            len(skipped), total, first["path"], first["reason"],
+        )
 
 
 def scan_items(
@@ -111,15 +139,11 @@ def scan_items(
     bar = tqdm(total=len(items), desc=desc, unit="file", disable=not progress)
     try:
         results = _in_order(
-            pool, items, sample_rate, min_seconds, keep_audio, workers * _WINDOW_PER_WORKER
+            pool, _check, items, workers * _WINDOW_PER_WORKER, sample_rate, min_seconds,
+            keep_audio,
         )
-        for item, result in zip(items, results):
-            bar.update(1)
-            if isinstance(result, AudioError):
-                if not skip_bad:
-                    raise AudioError(result.path, f"{result.reason} {SKIP_BAD_HINT}") from None
-                report.skipped.append({"path": result.path, "reason": result.reason})
-                continue
+        for item, result in _usable(items, results, skip_bad=skip_bad, skipped=report.skipped,
+                                    bar=bar):
             report.items.append(item)
             if report.audio is not None and result is not None:
                 report.audio.append(result)
@@ -128,10 +152,5 @@ def scan_items(
         # on an early raise, files not yet started are not decoded for nothing
         pool.shutdown(wait=True, cancel_futures=True)
 
-    if report.skipped:
-        first = report.skipped[0]
-        log.warning(
-            "skipped %d of %d audio file(s) that cannot be used (first: %s: %s)",
-            len(report.skipped), len(items), first["path"], first["reason"],
-        )
+    _warn_skipped(report.skipped, len(items))
     return report

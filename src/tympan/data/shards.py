@@ -65,9 +65,8 @@ import os
 import random
 import re
 import tarfile
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,16 +76,13 @@ from urllib.request import url2pathname
 import numpy as np
 import soundfile as sf
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
-from webdataset.shardlists import expand_urls
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from tympan.audio.io import load_audio
-from tympan.data.dataset import SameTrackPairDataset, fit_length
+from tympan.data.dataset import CropDataset, SameTrackPairDataset
 from tympan.data.manifest import Item, read_manifest
-from tympan.data.scan import SKIP_BAD_HINT
+from tympan.data.scan import _WINDOW_PER_WORKER, _in_order, _usable, _warn_skipped
 from tympan.errors import AudioError, TympanError
 
 __all__ = [
@@ -114,8 +110,21 @@ VERSION = 1
 AUDIO_FORMATS = ("flac", "npy")
 _SHARD_NAME = "shard-{:06d}.tar"
 _SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
-_WINDOW_PER_WORKER = 4
 _REWRITE = "rewrite the shards with tympan shard"
+
+
+def _wds() -> Any:
+    """The ``webdataset`` module (an optional dependency, the ``scale`` extra), imported only
+    when shards are written or read."""
+    try:
+        import webdataset
+        import webdataset.shardlists
+        import webdataset.tariterators
+    except ImportError:
+        raise TympanError(
+            "shards need the 'webdataset' package: pip install 'tympan[scale]'"
+        ) from None
+    return webdataset
 
 
 # -- the index ------------------------------------------------------------------------------------
@@ -247,18 +256,6 @@ def _encode(item: Item, sample_rate: int, audio_format: str, min_seconds: float
     return buf.getvalue(), meta
 
 
-def _in_order(pool: ThreadPoolExecutor, items: Sequence[Item], window: int, *args: Any
-              ) -> Iterator[tuple[bytes, dict[str, Any]] | AudioError]:
-    """Results of :func:`_encode` in item order with at most ``window`` files in flight."""
-    pending: deque[Future[Any]] = deque()
-    nxt = 0
-    while pending or nxt < len(items):
-        while nxt < len(items) and len(pending) < window:
-            pending.append(pool.submit(_encode, items[nxt], *args))
-            nxt += 1
-        yield pending.popleft().result()
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -276,7 +273,7 @@ class _ShardSink:
         self.infos: list[ShardInfo] = []
         self.written: list[Path] = []
         self._file: Any = None
-        self._writer: wds.TarWriter | None = None
+        self._writer: Any = None  # a webdataset TarWriter while a shard is open
         self._tmp: Path | None = None
         self._count = self._bytes = 0
         self._lengths: list[int] = []
@@ -288,7 +285,7 @@ class _ShardSink:
             self._tmp = self.out / f"{name}.tmp"
             self._file = open(self._tmp, "wb")
             # mtime 0: the same corpus gives byte-identical shards (and the same hash)
-            self._writer = wds.TarWriter(self._file, encoder=False, mtime=0)
+            self._writer = _wds().TarWriter(self._file, encoder=False, mtime=0)
         payload = json.dumps(meta, sort_keys=True).encode()
         self._writer.write({"__key__": key, self.ext: audio, "json": payload})
         self._count += 1
@@ -382,6 +379,7 @@ def write_shards(
         )
     if sample_rate <= 0:
         raise TympanError(f"--sample-rate must be > 0, got {sample_rate}")
+    _wds()  # a missing webdataset fails here, before an old shard set in ``out`` is touched
     manifest = read_manifest(data, check_files=not skip_bad)
     if split is not None:
         manifest = manifest.select(split)
@@ -407,16 +405,10 @@ def write_shards(
     bar = tqdm(total=len(items), desc="writing shards", unit="clip", disable=not progress)
     written = 0  # sample keys: the clip's position in the set
     try:
-        results = _in_order(pool, items, n_workers * _WINDOW_PER_WORKER, sample_rate,
+        results = _in_order(pool, _encode, items, n_workers * _WINDOW_PER_WORKER, sample_rate,
                             audio_format, min_seconds)
-        for item, result in zip(items, results):
-            bar.update(1)
-            if isinstance(result, AudioError):
-                if not skip_bad:
-                    raise AudioError(result.path, f"{result.reason} {SKIP_BAD_HINT}") from None
-                skipped.append({"path": result.path, "reason": result.reason})
-                continue
-            audio, meta = result
+        for _, (audio, meta) in _usable(items, results, skip_bad=skip_bad, skipped=skipped,
+                                        bar=bar):
             sink.add(f"{written:09d}", audio, meta)
             written += 1
         sink.close_shard()
@@ -439,9 +431,7 @@ def write_shards(
     for stale in old:  # shards of a replaced, larger set
         if stale.name not in {s.name for s in sink.infos}:
             stale.unlink(missing_ok=True)
-    if skipped:
-        log.warning("skipped %d of %d audio file(s) that cannot be used (first: %s: %s)",
-                    len(skipped), len(items), skipped[0]["path"], skipped[0]["reason"])
+    _warn_skipped(skipped, len(items))
     return index
 
 
@@ -497,7 +487,7 @@ def _read_index(where: str) -> ShardIndex:
             text = local.read_text()
             where = str(local.resolve())
         else:
-            with wds.gopen(where) as f:
+            with _wds().gopen(where) as f:
                 text = f.read().decode()
     except TympanError:
         raise
@@ -537,7 +527,7 @@ def resolve_shards(
             base = s
             urls = None
         else:
-            urls = expand_urls(s)
+            urls = _wds().shardlists.expand_urls(s)
     else:
         urls = [str(u) for u in source]
     if urls is not None:
@@ -678,14 +668,15 @@ def _shard_samples(url: str, fmt: str, split: str | None, first: int, stop: int,
                    expected: int) -> Iterator[tuple[int, np.ndarray, dict[str, Any]]]:
     """``(position, waveform, metadata)`` of clips ``first..stop-1`` of one shard (positions
     among the clips of ``split``), decoding only those. Checks the count when read to the end."""
+    wds = _wds()
     try:
         stream = wds.gopen(url)
     except (OSError, ValueError) as exc:
         raise TympanError(f"{url}: cannot open the shard ({exc}); check that it exists") from None
     pos = 0
     try:
-        files = tar_file_expander([{"url": url, "stream": stream}])
-        for sample in group_by_keys(files):
+        files = wds.tariterators.tar_file_expander([{"url": url, "stream": stream}])
+        for sample in wds.tariterators.group_by_keys(files):
             if pos >= stop:
                 break
             if split is not None:
@@ -749,6 +740,8 @@ class ShardDataset(IterableDataset):
     :meth:`set_distributed`, else from :mod:`torch.distributed` in this process. DataLoader
     workers do not see torch.distributed: iterate with :class:`ShardLoader`, which fixes them
     in the main process, or call :meth:`set_distributed` before a plain DataLoader starts.
+    ``resolved``: what :func:`resolve_shards` gave for ``source`` (and ``index``) when the
+    caller already has it; the index is then not read again.
     """
 
     def __init__(
@@ -766,8 +759,12 @@ class ShardDataset(IterableDataset):
         seed: int = 0,
         random_crop: bool = True,
         index: str | Path | None = None,
+        resolved: tuple[ShardIndex, list[tuple[str, ShardInfo]]] | None = None,
     ) -> None:
-        self.index, self.shards = resolve_shards(source, index)
+        _wds()  # a missing webdataset fails here rather than in a DataLoader worker
+        self.index, self.shards = resolved if resolved is not None else resolve_shards(
+            source, index
+        )
         self.source = str(source) if isinstance(source, (str, Path)) else list(map(str, source))
         rate = self.index.sample_rate
         if sample_rate is not None and sample_rate != rate:
@@ -785,7 +782,7 @@ class ShardDataset(IterableDataset):
                 f"{self.index.location}: no clips in split '{split}'; splits in these shards: "
                 f"{names}"
             )
-        self.num_samples = max(1, int(round(clip_seconds * rate)))
+        self.cropper = CropDataset([], rate, clip_seconds, random_crop)
         self.pairer: SameTrackPairDataset | None = None
         if pairs is not None:
             self.pairer = SameTrackPairDataset([], rate, pairs.segment_seconds, pairs.min_gap,
@@ -807,7 +804,6 @@ class ShardDataset(IterableDataset):
         self.shuffle = shuffle
         self.shuffle_buffer = max(0, int(shuffle_buffer))
         self.seed = seed
-        self.random_crop = random_crop
         # a clip's "index": its position among the whole set's clips (of ``split``) in stored
         # order, the same whichever shards of the set a pattern names
         before, start = {}, 0
@@ -835,6 +831,16 @@ class ShardDataset(IterableDataset):
     def distributed(self) -> tuple[int, int]:
         """(rank, world size): as set by :meth:`set_distributed`, else from the process."""
         return self._dist if self._dist is not None else _rank_world()
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per crop (``clip_seconds`` at the shards' rate)."""
+        return self.cropper.num_samples
+
+    @property
+    def random_crop(self) -> bool:
+        """Random crops (training), else the centre of each clip."""
+        return self.cropper.random_crop
 
     @property
     def total(self) -> int:
@@ -881,7 +887,7 @@ class ShardDataset(IterableDataset):
         items = self._items(plan)
         if self.shuffle and self.shuffle_buffer > 1:
             rng = random.Random(f"tympan-buffer:{self.seed}:{epoch}:{rank}:{worker}")
-            items = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(items)
+            items = _wds().shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(items)
         return iter(items)
 
     def _items(self, plan: list[tuple[int, int, int]]) -> Iterator[dict[str, Any]]:
@@ -893,6 +899,9 @@ class ShardDataset(IterableDataset):
 
     def _crop(self, wav: np.ndarray, index: int, url: str, meta: dict[str, Any]
               ) -> dict[str, Any]:
+        """The item of one decoded clip, drawn as by the file datasets (torch's RNG, seeded per
+        worker by the DataLoader). The audio is copied out of ``wav`` so that the shuffling
+        buffer does not keep whole clips alive."""
         if self.pairer is not None:
             p = self.pairer
             if len(wav) < p.num_samples + p.min_gap:
@@ -901,20 +910,14 @@ class ShardDataset(IterableDataset):
                     f"short for a same-track pair; rewrite the shards with tympan shard "
                     f"--min-seconds {(p.num_samples + p.min_gap) / self.sample_rate:g} --skip-bad"
                 )
-            energy = np.concatenate(([0.0], np.cumsum(wav.astype(np.float64) ** 2)))
-            a, b = p.starts(len(wav), energy)
-            n = p.num_samples
-            return {"audio": torch.from_numpy(wav[a:a + n].copy()),
-                    "audio2": torch.from_numpy(wav[b:b + n].copy()), "index": index}
-        spare = max(0, len(wav) - self.num_samples)
-        if self.random_crop:
-            # torch's RNG, as CropDataset: seeded per worker by the DataLoader (--seed)
-            start = int(torch.randint(0, spare + 1, (1,)).item())
+            out = p.pair(wav, index)
+            keys = ("audio", "audio2")
         else:
-            start = spare // 2
-        crop = np.ascontiguousarray(fit_length(wav, self.num_samples, start))
-        return {"audio": torch.from_numpy(crop.copy()), "index": index, "start": start,
-                "length": len(wav)}
+            out = self.cropper.crop(wav, index)
+            keys = ("audio",)
+        for key in keys:
+            out[key] = out[key].clone()
+        return out
 
     def describe(self) -> dict[str, Any]:
         """What a run records about its data (``pretrain.json``)."""

@@ -91,9 +91,10 @@ def _run_segments(
     model: nn.Module, audio: Sequence[np.ndarray], segment_seconds: float,
     fn: Callable[[Tensor], Tensor], *, task: str | None, batch_size: int,
     device: str | torch.device | None, progress: bool, desc: str,
-) -> tuple[list[np.ndarray], list[Tensor]]:
+) -> tuple[list[np.ndarray], list[Tensor], int]:
     """Cut every clip into segments (:func:`segment`) and run ``fn`` on all of them in batches
-    on the device: ``(each clip's segments, fn's outputs per batch on the CPU)``."""
+    on the device: ``(each clip's segments, fn's outputs per batch on the CPU, the segment
+    length in samples)``."""
     if task is not None and task not in model.tasks:
         raise TympanError(f"--task {task}: this model has {', '.join(model.tasks)}")
     dev = pick_device(device)
@@ -106,7 +107,7 @@ def _run_segments(
                       leave=False):
         x = torch.from_numpy(flat[start : start + batch_size]).to(dev)
         chunks.append(fn(x).float().cpu())
-    return segments, chunks
+    return segments, chunks, seg_len
 
 
 @torch.no_grad()
@@ -126,9 +127,10 @@ def embed_clips(
     ``task`` selects one task's embedding; ``None`` concatenates every task's (the Encoder
     contract).
     """
-    segments, chunks = _run_segments(model, audio, segment_seconds, lambda x: model(x, task),
-                                     task=task, batch_size=batch_size, device=device,
-                                     progress=progress, desc="embedding")
+    segments, chunks, _ = _run_segments(model, audio, segment_seconds,
+                                        lambda x: model(x, task), task=task,
+                                        batch_size=batch_size, device=device,
+                                        progress=progress, desc="embedding")
     owner = torch.from_numpy(np.repeat(np.arange(len(segments)), [len(s) for s in segments]))
     emb = torch.cat(chunks) if chunks else torch.zeros(0, 1)
     # mean of each clip's segments, for all clips at once
@@ -189,11 +191,10 @@ def embed_frames(
     that clip's :func:`embed_clips` embedding; under attention pooling the embedding is a
     learnt weighted mean of the frames instead.
     """
-    segments, chunks = _run_segments(model, audio, segment_seconds,
-                                     lambda x: _frames(model, x, task), task=task,
-                                     batch_size=batch_size, device=device, progress=progress,
-                                     desc="frames")
-    seg_len = max(1, int(round(segment_seconds * model.sample_rate)))
+    segments, chunks, seg_len = _run_segments(model, audio, segment_seconds,
+                                              lambda x: _frames(model, x, task), task=task,
+                                              batch_size=batch_size, device=device,
+                                              progress=progress, desc="frames")
     lengths = np.array([len(a) for a in audio], dtype=np.int64)
     counts = np.array([len(s) for s in segments], dtype=np.int64)
     if not chunks:

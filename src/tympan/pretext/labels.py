@@ -59,7 +59,6 @@ import logging
 import multiprocessing
 import os
 import re
-import sys
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -74,6 +73,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from tympan.audio.io import load_audio
+from tympan.data.corpora import _can_fork
 from tympan.data.manifest import read_manifest
 from tympan.data.scan import SKIP_BAD_HINT
 from tympan.errors import AudioError, ConfigError, TympanError
@@ -404,8 +404,7 @@ def _default_workers() -> int:
 
 def _run(tasks: list[_Task], workers: int, bar: tqdm) -> Iterator[tuple[int, Any]]:
     """Results of :func:`_work` in task order, in-process or in worker processes."""
-    can_pool = sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
-    if workers <= 1 or len(tasks) < 2 or not can_pool:
+    if workers <= 1 or len(tasks) < 2 or not _can_fork():
         for t in tasks:
             yield _work(t)
             bar.update()

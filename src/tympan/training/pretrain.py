@@ -30,7 +30,7 @@ import logging
 import platform
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 
 from tympan.config import Recipe, load_recipe, save_recipe
 from tympan.data.dataset import CropDataset, SameTrackPairDataset
-from tympan.data.manifest import Manifest, read_manifest
+from tympan.data.manifest import read_manifest
 from tympan.data.scan import scan_items
 from tympan.data.shards import (
     PairSpec, ShardDataset, ShardLoader, is_shard_source, resolve_shards,
@@ -88,21 +88,12 @@ class PretrainResult:
         }
 
 
-def pretrain_items(manifest: Manifest, split: str | None) -> Manifest:
-    """The clips to pretrain on: ``split`` if given; else the ``pretrain`` split when the
-    manifest has one; else every clip. Labels are never read."""
-    if split is not None:
-        return manifest.select(split)
-    if "pretrain" in manifest.splits:
-        return manifest.select("pretrain")
-    return manifest
-
-
-def shard_split(dataset_splits: dict[str, int], split: str | None) -> str | None:
-    """The split of a shard set to pretrain on, by :func:`pretrain_items`'s rule."""
+def pretrain_split(splits: Collection[str], split: str | None) -> str | None:
+    """The split to pretrain on, of a manifest or shard set with the split names ``splits``:
+    ``split`` if given; else ``pretrain`` when there is one; else ``None`` (every clip)."""
     if split is not None:
         return split
-    return "pretrain" if dataset_splits.get("pretrain") else None
+    return "pretrain" if "pretrain" in splits else None
 
 
 def shard_dataset(
@@ -113,10 +104,10 @@ def shard_dataset(
     v = cfg.views
     pairs = PairSpec(v.segment_seconds, v.min_gap, v.max_gap, v.silence_db) \
         if v.kind == "same_track" else None
-    index, _ = resolve_shards(source)
+    resolved = resolve_shards(source)
     return ShardDataset(
         source, clip_seconds=cfg.audio.clip_seconds, sample_rate=cfg.audio.sample_rate,
-        pairs=pairs, split=shard_split(index.splits, split),
+        pairs=pairs, split=pretrain_split(resolved[0].splits, split), resolved=resolved,
         batch_size=cfg.train.batch_size, drop_last=True, shuffle=True,
         shuffle_buffer=cfg.train.shuffle_buffer, seed=seed,
     )
@@ -353,7 +344,8 @@ def pretrain(
     else:
         assert data is not None
         full = read_manifest(data, check_files=not skip_bad)
-        manifest = pretrain_items(full, split)
+        chosen = pretrain_split(full.splits, split)
+        manifest = full.select(chosen) if chosen is not None else full
         v = cfg.views
         pairs = v.kind == "same_track"
         min_seconds = v.segment_seconds + v.min_gap if pairs else 0.0
@@ -382,8 +374,7 @@ def pretrain(
         clips, skipped = len(report.items), report.skipped
         data_info = {
             "kind": "manifest", "source": str(manifest.source), "clips": clips,
-            "split": split if split is not None else
-            ("pretrain" if "pretrain" in full.splits else None),
+            "split": chosen,
         }
         loader = DataLoader(
             dataset, batch_size=t.batch_size, shuffle=True, drop_last=True,

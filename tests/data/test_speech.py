@@ -40,13 +40,6 @@ def _sidecar(manifest: Path) -> dict:
     return json.loads((manifest.parent / "speakers.json").read_text(encoding="utf-8"))
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny corpus, seed 0 (rendered in parallel where the machine allows); its manifest."""
-    out = tmp_path_factory.mktemp("speech") / "corpus"
-    return synth_speech_corpus(out, seed=0, scale="tiny", progress=False)
-
-
 def test_vocabulary_and_scales() -> None:
     assert len(SPEECH_WORDS) == len(set(SPEECH_WORDS)) == 10
     assert set(WORD_PHONES) == set(SPEECH_WORDS)
@@ -58,14 +51,14 @@ def test_vocabulary_and_scales() -> None:
     assert full.sample_rate == TINY.sample_rate == 16000
 
 
-def test_manifest_and_splits(tiny: Path) -> None:
-    with open(tiny, newline="", encoding="utf-8") as f:
+def test_manifest_and_splits(speech_corpus: Path) -> None:
+    with open(speech_corpus, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "label", "split", "track", "speaker"]
     for row in rows:
         assert row["path"] == f"audio/{row['split']}/{row['speaker']}/{row['track']}.wav"
 
-    manifest = read_manifest(tiny)  # also checks that every file exists
+    manifest = read_manifest(speech_corpus)  # also checks that every file exists
     assert manifest.splits == list(SPEECH_SPLITS)
     assert manifest.classes == sorted(SPEECH_WORDS)
     # 12 seen speakers: 10 labelled utterances each (2 test, 2 val, 6 train) and 2 pretrain;
@@ -92,12 +85,12 @@ def test_manifest_and_splits(tiny: Path) -> None:
         assert {it.label for it in manifest if it.speaker == spk} == set(SPEECH_WORDS)
 
 
-def test_audio_files_and_sidecar(tiny: Path) -> None:
-    meta = _sidecar(tiny)
+def test_audio_files_and_sidecar(speech_corpus: Path) -> None:
+    meta = _sidecar(speech_corpus)
     assert meta["seed"] == 0 and meta["scale"] == "tiny" and meta["words"] == list(SPEECH_WORDS)
     voices = {v["speaker"]: v for v in meta["speakers"]}
     utts = {u["utterance"]: u for u in meta["utterances"]}
-    manifest = read_manifest(tiny)
+    manifest = read_manifest(speech_corpus)
     assert set(utts) == {it.track for it in manifest} and len(voices) == 16
     ratios = []
     for it in manifest:
@@ -152,8 +145,8 @@ def _mfcc_means(paths: list[Path]) -> np.ndarray:
     return np.array(out)
 
 
-def test_words_and_speakers_are_distinguishable_by_simple_features(tiny: Path) -> None:
-    manifest = read_manifest(tiny)
+def test_words_and_speakers_are_distinguishable_by_simple_features(speech_corpus: Path) -> None:
+    manifest = read_manifest(speech_corpus)
     labelled = [it for it in manifest if it.split != "pretrain"]
     x = _mfcc_means([it.path for it in labelled])
     # words: a logistic regression on mean MFCCs, 5-fold, far above chance (10%)

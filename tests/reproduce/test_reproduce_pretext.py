@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tympan.data.corpora import synth_corpus
 from tympan.data.manifest import read_manifest
-from tympan.data.speech import synth_speech_corpus
 from tympan.reproduce.audioconfit import classification_manifest, reproduce_audioconfit
 from tympan.reproduce.pretext import candidate_errors, reproduce_pretext
 
@@ -17,8 +15,8 @@ TINY_PASE = {"train.batch_size": 8, "train.num_workers": 0, "train.warmup_steps"
 
 
 @pytest.mark.slow
-def test_pretext_reproduction_table_and_rerun(tmp_path: Path) -> None:
-    speech = synth_speech_corpus(tmp_path / "speech", seed=0, scale="tiny", progress=False)
+def test_pretext_reproduction_table_and_rerun(speech_corpus: Path, tmp_path: Path) -> None:
+    speech = speech_corpus
     out = tmp_path / "repro"
     kw = dict(data=speech, quick=True, methods=("all", "sparsemax"), max_steps=2,
               overrides=TINY_PASE, progress=False, probe_epochs=1)
@@ -51,8 +49,7 @@ def test_pretext_reproduction_table_and_rerun(tmp_path: Path) -> None:
     assert "f0" in (out / "candidates" / "f0" / "config.yaml").read_text()
 
 
-def test_classification_manifest_splits_within_classes(tmp_path: Path) -> None:
-    corpus = synth_corpus(tmp_path / "corpus", seed=0, scale="tiny", progress=False)
+def test_classification_manifest_splits_within_classes(corpus: Path, tmp_path: Path) -> None:
     path = classification_manifest(corpus, tmp_path / "cls.csv", seed=0)
     items = read_manifest(path).items
     source = read_manifest(corpus).items
@@ -67,8 +64,7 @@ def test_classification_manifest_splits_within_classes(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_audioconfit_reproduction_table(tmp_path: Path) -> None:
-    corpus = synth_corpus(tmp_path / "corpus", seed=0, scale="tiny", progress=False)
+def test_audioconfit_reproduction_table(corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "ac"
     summary = reproduce_audioconfit(
         out, data=corpus, quick=True, backbones=("tympan",), epochs=1, seeds=2,
@@ -86,4 +82,4 @@ def test_audioconfit_reproduction_table(tmp_path: Path) -> None:
     assert "| tympan |" in text and "anisotropy" in text.lower()
     assert (out / "analysis" / "umap_confused.png").is_file()
     assert (out / "analysis" / "convergence.png").is_file()
-    assert summary["pairtune_wins"]["tympan"] in (True, False)
+    assert isinstance(summary["pairtune_wins"]["tympan"], bool)

@@ -40,6 +40,8 @@ TINY = [
 ]
 DDP = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
 BIN = Path(sys.executable).parent
+#: the venv's ``torchrun`` (beside this Python), else the one on PATH; None if neither
+TORCHRUN = shutil.which("torchrun", path=str(BIN)) or shutil.which("torchrun")
 
 
 def _run(cmd: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
@@ -105,13 +107,11 @@ def test_ddp_subprocess_launcher(corpus: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("torchrun", path=str(BIN)) is None and
-                    shutil.which("torchrun") is None, reason="torchrun is not installed")
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed")
 def test_ddp_torchrun(corpus: Path, tmp_path: Path) -> None:
     """torchrun starts both ranks; Lightning sees TorchElastic's environment and joins it."""
     run = tmp_path / "run"
-    torchrun = shutil.which("torchrun", path=str(BIN)) or shutil.which("torchrun")
-    res = _run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "tympan.cli",
+    res = _run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "tympan.cli",
                 "pretrain", "--data", str(corpus), "--out", str(run), *DDP, *TINY,
                 "--max-steps", str(STEPS), "--set", "train.lr_scaling=sqrt"])
     _check_run(run, res, STEPS, 1e-3 * math.sqrt(2), "sqrt")

@@ -14,6 +14,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,29 +26,22 @@ from tympan.models.encoder import ENCODER_FILE
 from tympan.training.module import PretrainModule, effective_batch, scaled_lr, warmup_cosine
 from tympan.training.pretrain import pretrain
 
-TINY = {"train.batch_size": 8, "train.num_workers": 0, "train.log_every_n_steps": 1,
-        "train.warmup_steps": 1, "audio.clip_seconds": 0.5, "model.width": 8,
-        "tasks": [{"name": "contrastive", "objective": "nt_xent",
-                   "head": {"hidden_dim": 16, "out_dim": 8}}]}
 STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def plain_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def plain_run(corpus: Path, simclr_tiny: dict[str, Any],
+              tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference: recipe defaults (channels_last 'auto' is off on the CPU, no compile)."""
     run = tmp_path_factory.mktemp("plain") / "run"
-    pretrain("simclr", corpus, run, max_steps=STEPS, progress=False, overrides=TINY)
+    pretrain("simclr", corpus, run, max_steps=STEPS, progress=False, overrides=simclr_tiny)
     return run
 
 
-def _losses(run: Path) -> list[float]:
+def _column(run: Path, key: str) -> list[float]:
+    """The logged values of ``key`` in the run's ``metrics.csv``, rows without one skipped."""
     with open(run / "metrics.csv", newline="") as f:
-        return [float(r["loss"]) for r in csv.DictReader(f) if r.get("loss")]
-
-
-def _lrs(run: Path) -> list[float]:
-    with open(run / "metrics.csv", newline="") as f:
-        return [float(r["lr"]) for r in csv.DictReader(f) if r.get("lr")]
+        return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
@@ -55,7 +49,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     compiled kernel sums in another order (relative differences ~1e-5 in the gradients); Adam
     divides by sqrt(v), so where a gradient is near 0 a weight can move by up to ``lr`` a step
     either way: the weights are compared to that bound, the losses tightly."""
-    la, lb = _losses(a), _losses(b)
+    la, lb = _column(a, "loss"), _column(b, "loss")
     assert len(la) == len(lb) == STEPS
     assert la[0] == pytest.approx(lb[0], rel=1e-5)
     assert la == pytest.approx(lb, rel=1e-3)
@@ -115,9 +109,9 @@ def test_bad_values_name_the_field(key: str, value: object) -> None:
 
 # -- channels_last: same loss, either layout ------------------------------------------------
 
-def test_channels_last_same_loss_and_gradients_on_cpu() -> None:
+def test_channels_last_same_loss_and_gradients_on_cpu(simclr_tiny: dict[str, Any]) -> None:
     torch.manual_seed(0)
-    module = PretrainModule(load_recipe("simclr", TINY))
+    module = PretrainModule(load_recipe("simclr", simclr_tiny))
     wav = 0.1 * torch.randn(8, 8000)
 
     def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -140,10 +134,11 @@ def test_channels_last_same_loss_and_gradients_on_cpu() -> None:
                                    msg=name)
 
 
-def test_channels_last_forced_in_a_run(corpus: Path, plain_run: Path, tmp_path: Path) -> None:
+def test_channels_last_forced_in_a_run(corpus: Path, plain_run: Path, tmp_path: Path,
+                                       simclr_tiny: dict[str, Any]) -> None:
     run = tmp_path / "run"
     res = pretrain("simclr", corpus, run, max_steps=STEPS, progress=False,
-                   overrides={**TINY, "train.channels_last": True})
+                   overrides={**simclr_tiny, "train.channels_last": True})
     assert res.environment["channels_last"] is True
     assert json.loads((plain_run / "pretrain.json").read_text())["environment"][
         "channels_last"] is False  # "auto" on the CPU
@@ -152,8 +147,8 @@ def test_channels_last_forced_in_a_run(corpus: Path, plain_run: Path, tmp_path: 
 
 # -- learning-rate scaling: what a run applies and records ---------------------------------
 
-def test_lr_scaling_recorded_in_pretrain_json(corpus: Path, plain_run: Path,
-                                              tmp_path: Path) -> None:
+def test_lr_scaling_recorded_in_pretrain_json(corpus: Path, plain_run: Path, tmp_path: Path,
+                                              simclr_tiny: dict[str, Any]) -> None:
     env = json.loads((plain_run / "pretrain.json").read_text())["environment"]
     assert env["effective_batch_size"] == 8 and env["batch_size"] == 8
     assert env["lr"] == pytest.approx(1e-3) and env["lr_scaling"] == "none"
@@ -162,32 +157,33 @@ def test_lr_scaling_recorded_in_pretrain_json(corpus: Path, plain_run: Path,
     run = tmp_path / "run"
     # lr 1e-3 was tuned for a global batch of 4; this run steps 8 clips: linear scaling x2
     pretrain("simclr", corpus, run, max_steps=STEPS, progress=False,
-             overrides={**TINY, "train.lr_scaling": "linear", "train.base_batch_size": 4})
+             overrides={**simclr_tiny, "train.lr_scaling": "linear", "train.base_batch_size": 4})
     env = json.loads((run / "pretrain.json").read_text())["environment"]
     assert env["effective_batch_size"] == 8 and env["devices"] == 1
     assert env["lr"] == pytest.approx(2e-3) and env["lr_scaling"] == "linear"
     # the optimiser ran with it: the logged lr is the applied lr times the schedule
-    for step, lr in enumerate(_lrs(run)):
+    for step, lr in enumerate(_column(run, "lr")):
         assert lr == pytest.approx(2e-3 * warmup_cosine(step, 1, STEPS), rel=1e-5)
 
 
 # -- torch.compile: same result, same keys ----------------------------------------------------
 
 @pytest.mark.slow
-def test_compile_on_cpu_keeps_keys_and_results(corpus: Path, plain_run: Path,
-                                               tmp_path: Path) -> None:
+def test_compile_on_cpu_keeps_keys_and_results(corpus: Path, plain_run: Path, tmp_path: Path,
+                                               simclr_tiny: dict[str, Any]) -> None:
     """Inductor compiles the width-8 ResNet's forward and backward on the CPU (gcc): tens of
     seconds on a cold cache, a few on a warm one."""
     run = tmp_path / "run"
     res = pretrain("simclr", corpus, run, max_steps=STEPS, progress=False,
-                   overrides={**TINY, "train.compile": True})
+                   overrides={**simclr_tiny, "train.compile": True})
     assert res.steps == STEPS and res.environment["compile"] == "default"
     _assert_same_run(run, plain_run)
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert not [k for k in ckpt["state_dict"] if "_orig_mod" in k]
 
 
-def test_progress_bar_counts_steps(corpus: Path, tmp_path: Path) -> None:
+def test_progress_bar_counts_steps(corpus: Path, tmp_path: Path,
+                                   simclr_tiny: dict[str, Any]) -> None:
     """The bar is labelled by optimiser steps (max_epochs is -1, which the stock label shows as
     "Epoch N/-2"), and a run with the bar on trains as usual."""
     from types import SimpleNamespace
@@ -198,5 +194,5 @@ def test_progress_bar_counts_steps(corpus: Path, tmp_path: Path) -> None:
     bar._trainer = SimpleNamespace(global_step=5, max_steps=10)
     assert bar._get_train_description(3) == "epoch 3 · step 5/10"
     result = pretrain("simclr", corpus, tmp_path / "run", max_steps=STEPS, progress=True,
-                      overrides=TINY)
+                      overrides=simclr_tiny)
     assert result.steps == STEPS

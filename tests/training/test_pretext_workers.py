@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,9 +30,6 @@ PASE_TINY = {**FAST, "frontend.n_mels": 16, "frontend.n_fft": 256, "frontend.hop
                                "mlp_hidden": 8, "out_dim": 8},
              "tasks": [{"name": "pase", "objective": "pase", "head": {"hidden_dim": 8},
                         "params": {"n_mfcc": 8}}]}
-SIMCLR_TINY = {**FAST, "model.width": 8,
-               "tasks": [{"name": "contrastive", "objective": "nt_xent",
-                          "head": {"hidden_dim": 16, "out_dim": 8}}]}
 
 
 def _labels(corpus: Path, out: Path, drop: str | None = None) -> Path:
@@ -111,12 +109,13 @@ def test_pase_with_pretext_weights_then_resume(corpus: Path, tmp_path: Path) -> 
                  pretext_weights=other)
 
 
-def test_simclr_gets_the_weighted_workers_attached(corpus: Path, tmp_path: Path) -> None:
+def test_simclr_gets_the_weighted_workers_attached(corpus: Path, tmp_path: Path,
+                                                    simclr_tiny: dict[str, Any]) -> None:
     labels = _labels(corpus, tmp_path / "labels.npz")
     weights = _selection(tmp_path / "weights.json", tmp_path / "not_used.npz")
     run = tmp_path / "simclr"
     # --pretext-labels overrides the labels file the selection names
-    res = pretrain("simclr", corpus, run, max_steps=3, progress=False, overrides=SIMCLR_TINY,
+    res = pretrain("simclr", corpus, run, max_steps=3, progress=False, overrides=simclr_tiny,
                    pretext_weights=weights, pretext_labels=labels)
     assert res.steps == 3
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -131,24 +130,24 @@ def test_simclr_gets_the_weighted_workers_attached(corpus: Path, tmp_path: Path)
     assert _last(run, "loss") == pytest.approx(expect, rel=1e-4)
 
 
-def test_pretext_errors(corpus: Path, tmp_path: Path) -> None:
+def test_pretext_errors(corpus: Path, tmp_path: Path, simclr_tiny: dict[str, Any]) -> None:
     pretrain_files = read_manifest(corpus).select("pretrain").items
     missing = str(pretrain_files[3].path)
     labels = _labels(corpus, tmp_path / "partial.npz", drop=missing)
     weights = _selection(tmp_path / "weights.json", labels)
     with pytest.raises(TympanError, match="tympan pretext labels") as err:
         pretrain("simclr", corpus, tmp_path / "a", max_steps=1, progress=False,
-                 overrides=SIMCLR_TINY, pretext_weights=weights)
+                 overrides=simclr_tiny, pretext_weights=weights)
     assert missing in str(err.value)
     assert not (tmp_path / "a").exists()  # nothing written before the labels are checked
     with pytest.raises(TympanError, match="no such labels file"):
         pretrain("simclr", corpus, tmp_path / "b", max_steps=1, progress=False,
-                 overrides=SIMCLR_TINY, pretext_weights=weights,
+                 overrides=simclr_tiny, pretext_weights=weights,
                  pretext_labels=tmp_path / "none.npz")
     with pytest.raises(ConfigError, match="same_track"):
         pretrain("simclr", corpus, tmp_path / "c", max_steps=1, progress=False,
-                 overrides={**SIMCLR_TINY, "views.kind": "same_track"}, pretext_weights=weights)
+                 overrides={**simclr_tiny, "views.kind": "same_track"}, pretext_weights=weights)
     with pytest.raises(TympanError, match="--pretext-weights"):
         pretrain("simclr", corpus, tmp_path / "d", max_steps=1, progress=False,
-                 overrides={**SIMCLR_TINY, "tasks": [
+                 overrides={**simclr_tiny, "tasks": [
                      {"name": "w", "objective": "pretext_workers"}]})

@@ -35,13 +35,12 @@ from typing import Any
 import numpy as np
 
 from tympan.analysis.geometry import analyze_geometry
-from tympan.config import load_recipe
 from tympan.data.corpora import ensure_corpus, synth_corpus
 from tympan.data.manifest import Item, read_manifest, write_manifest
 from tympan.errors import TympanError
 from tympan.finetune import finetune
 from tympan.models.hf import write_random_hf_model
-from tympan.reproduce import write_results
+from tympan.reproduce import recipe_with_steps, write_results
 from tympan.training.pretrain import pretrain_or_reuse
 
 log = logging.getLogger("tympan")
@@ -129,10 +128,7 @@ def reproduce_audioconfit(
     pretrain_s = 0.0
     if "tympan" in chosen:
         t0 = time.time()
-        extra = dict(overrides or {})
-        if settings["pretrain_steps"]:
-            extra["train.max_steps"] = settings["pretrain_steps"]
-        recipe = load_recipe("demo", extra or None)
+        recipe = recipe_with_steps("demo", settings["pretrain_steps"], overrides)
         pretrain_or_reuse(recipe, data, out / "pretrained", label="tympan backbone", seed=seed,
                           split="pretrain", progress=progress)
         specs["tympan"] = str(out / "pretrained")
@@ -143,17 +139,17 @@ def reproduce_audioconfit(
             write_random_hf_model("wav2vec2", folder, seed=seed)
         specs["wav2vec2-tiny"] = f"hf:{folder}"
 
+    kwargs = {
+        "seeds": list(range(seed, seed + settings["seeds"])), "folds": settings["folds"],
+        "epochs": settings["epochs"], "linear_epochs": settings["linear_epochs"],
+        "clip_seconds": settings["clip_seconds"], "progress": progress,
+        **(finetune_kwargs or {}),
+    }
     rows: list[dict[str, Any]] = []
     for backbone, spec in specs.items():
         for method in METHODS:
             run = out / "runs" / f"{backbone}_{method}"
             t0 = time.time()
-            kwargs = {
-                "seeds": list(range(seed, seed + settings["seeds"])), "folds": settings["folds"],
-                "epochs": settings["epochs"], "linear_epochs": settings["linear_epochs"],
-                "clip_seconds": settings["clip_seconds"], "progress": progress,
-                **(finetune_kwargs or {}),
-            }
             if (run / "results.json").is_file():
                 res_json = json.loads((run / "results.json").read_text())
             else:

@@ -33,7 +33,7 @@ from tympan.evaluation.downstream import ProbeBench
 from tympan.evaluation.features import resolve_model
 from tympan.report.plots import plot_limited_data
 from tympan.report.tables import format_probe_table
-from tympan.reproduce import write_results
+from tympan.reproduce import recipe_with_steps, write_results
 from tympan.training.pretrain import pretrain_or_reuse
 
 log = logging.getLogger("tympan")
@@ -75,16 +75,13 @@ def method_recipe(
     """The resolved recipe of ``method``, CPU-sized with ``quick``, then ``overrides``
     (dotted keys, as ``--set``)."""
     name = METHODS[method]
-    extra = dict(overrides or {})
-    if max_steps:
-        extra["train.max_steps"] = max_steps
     if not quick:
-        return load_recipe(name, extra or None)
+        return recipe_with_steps(name, max_steps, overrides)
     base = load_recipe(name, QUICK).to_dict()
     for task in base["tasks"]:
         task["head"].update({k: v for k, v in QUICK_HEAD.items() if k in task["head"]})
     base["name"] = f"{name}_quick"
-    return load_recipe(base, extra or None)
+    return recipe_with_steps(base, max_steps, overrides)
 
 
 def reproduce_multiview(

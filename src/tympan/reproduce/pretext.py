@@ -30,6 +30,7 @@ pretraining per candidate (its label alone, weight 1), scored by the speaker pro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -38,9 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from tympan.config import Recipe, load_recipe
 from tympan.data.corpora import ensure_corpus
-from tympan.data.manifest import Item, read_manifest, write_manifest
+from tympan.data.manifest import read_manifest, write_manifest
 from tympan.data.scan import scan_items
 from tympan.data.speech import synth_speech_corpus
 from tympan.errors import TympanError
@@ -50,7 +50,7 @@ from tympan.evaluation.verification import verification_eer
 from tympan.pretext.hsic import PretextSelection
 from tympan.pretext.labels import extract_labels
 from tympan.pretext.select import select_from_data
-from tympan.reproduce import write_results
+from tympan.reproduce import recipe_with_steps, write_results
 from tympan.training.pretrain import pretrain_or_reuse
 
 log = logging.getLogger("tympan")
@@ -77,20 +77,10 @@ def _speaker_manifest(data: Path, out: Path) -> Path:
             f"{data}: the pretext reproduction needs a 'speaker' column and train/val/test "
             f"splits (as written by tympan corpus synth-speech)"
         )
-    relabelled = [Item(it.path, (it.speaker,), it.split, it.track, it.fold, it.speaker)
-                  for it in items]
+    relabelled = [dataclasses.replace(it, labels=(it.speaker,)) for it in items]
     path = out / "speaker_id.csv"
     write_manifest(relabelled, path)
     return path
-
-
-def _recipe(settings: dict[str, Any], max_steps: int | None,
-            overrides: dict[str, Any] | None) -> Recipe:
-    extra = dict(overrides or {})
-    steps = max_steps or settings["max_steps"]
-    if steps:
-        extra["train.max_steps"] = steps
-    return load_recipe(settings["recipe"], extra or None)
 
 
 class _Scorer:
@@ -176,7 +166,7 @@ def reproduce_pretext(
         )
         log.info("%s selection: %s", method, selections[method].weights)
 
-    recipe = _recipe(settings, max_steps, overrides)
+    recipe = recipe_with_steps(settings["recipe"], max_steps or settings["max_steps"], overrides)
     scorer = _Scorer(data, speaker_data, progress)
     models: list[tuple[str, str, str | None]] = [("random init", "random", None),
                                                  ("none", str(out / "runs" / "none"), None)]
@@ -299,7 +289,8 @@ def candidate_errors(
     out = Path(out)
     data = Path(data)
     speaker_data = _speaker_manifest(data, out)
-    recipe = _recipe(QUICK if quick else FULL, max_steps, overrides)
+    settings = QUICK if quick else FULL
+    recipe = recipe_with_steps(settings["recipe"], max_steps or settings["max_steps"], overrides)
     bench = ProbeBench(speaker_data, "classification", progress=progress)
     results: dict[str, dict[str, Any]] = {}
     for name in candidates:

@@ -15,7 +15,10 @@ tones and noise:
     for the other ops;
 (c) one forward + backward pass of the demo encoder on the same batch, the step the views feed.
 
-    python benchmarks/augment_views.py [--batch 64] [--seconds 3] [--device cpu] [--json out.json]
+``--per-op`` also splits (a) by op: the time inside each op's parameter draw (``sample``) and its
+application (``apply``), summed over a call; the rest is the pipeline's index bookkeeping.
+
+    python benchmarks/augment_views.py [--batch 64] [--seconds 3] [--device cpu] [--per-op] [--json out.json]
 """
 
 from __future__ import annotations
@@ -237,6 +240,39 @@ def mtslvr_rows(args, dev: torch.device) -> dict:
     }
 
 
+def per_op_times(batch: int, seconds: float, dev: torch.device, repeats: int) -> dict:
+    """Seconds per call of (a) spent in each op's ``sample`` and ``apply`` (``--per-op``)."""
+    sr = 16000
+    x = demo_clips(batch, int(seconds * sr), sr).to(dev)
+    pipe = ViewPipeline(AugmentConfig(ops=MTSLVR_OPS, min_ops=1))
+    spent: dict[str, float] = {}
+    for op in pipe.ops:
+        for method in ("sample", "apply"):
+            inner, key = getattr(op, method), f"{op.name}.{method}"
+
+            def timed(*a, _inner=inner, _key=key, **k):
+                _sync()
+                t0 = time.perf_counter()
+                out = _inner(*a, **k)
+                _sync()
+                spent[_key] = spent.get(_key, 0.0) + time.perf_counter() - t0
+                return out
+
+            setattr(op, method, timed)
+    g = torch.Generator(device=dev).manual_seed(0)
+    pipe(x, g)  # warm-up
+    spent.clear()
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        pipe(x, g)
+    _sync()
+    total = (time.perf_counter() - t0) / repeats
+    parts = {k: v / repeats for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
+    parts["pipeline bookkeeping (rest)"] = total - sum(parts.values())
+    return {"total_s": total, "parts_s": parts}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default="simclr")
@@ -245,6 +281,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--ref-repeats", type=int, default=3, help="repeats of the slow per-clip reference")
+    p.add_argument("--per-op", action="store_true", help="also split (a) by op")
     p.add_argument("--json")
     args = p.parse_args()
     recipe = load_recipe(args.recipe)
@@ -285,6 +322,16 @@ def main() -> None:
     print(f"| (d) demo encoder forward + backward, both views ({2 * args.batch} clips, one "
           f"training step) | {m['encoder_fwd_bwd_both_views_s']} | "
           f"(a)/(d) = {m['ours_over_fwd_bwd_both_views']} |")
+    if args.per_op:
+        split = per_op_times(args.batch, args.seconds, dev, args.repeats)
+        row["per_op"] = split
+        print()
+        print(f"(a) by op, mean of {args.repeats} calls: {split['total_s']:.4f} s")
+        print()
+        print("| part | time (s) |")
+        print("|---|---|")
+        for key, value in split["parts_s"].items():
+            print(f"| {key} | {value:.4f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(row, f, indent=2)

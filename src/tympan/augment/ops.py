@@ -15,6 +15,7 @@ No op loops over clips in Python; each is a handful of tensor operations on the 
 
 from __future__ import annotations
 
+import functools
 import math
 
 from typing import Any, ClassVar
@@ -70,6 +71,30 @@ def time_mask(x: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> tor
     return x.masked_fill((pos >= s) & (pos < s + n), 0.0)
 
 
+def copy_rows_(out: torch.Tensor, rows: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """``out.index_copy_(0, rows, src)`` for ``[B, T]`` batches, faster on the CPU.
+
+    torch's CPU ``index_copy_`` moves one element at a time, so its cost follows the element
+    count, three times that of ``index_select`` for float32 rows. Where the rows' bytes allow,
+    both sides are viewed as 16-byte elements (the values are unchanged, only moved).
+    """
+    wide = torch.complex128
+    if (
+        out.device.type == "cpu"
+        and out.dtype == src.dtype
+        and out.element_size() < 16
+        and out.is_contiguous()
+        and src.is_contiguous()
+        and (out.shape[-1] * out.element_size()) % 16 == 0
+        and (out.storage_offset() * out.element_size()) % 16 == 0
+        and (src.storage_offset() * src.element_size()) % 16 == 0
+    ):
+        out.view(wide).index_copy_(0, rows, src.view(wide))
+    else:
+        out.index_copy_(0, rows, src)
+    return out
+
+
 def _fade_linear(p: torch.Tensor) -> torch.Tensor:
     return p
 
@@ -98,7 +123,7 @@ def _fade_curve(p: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
     for j, curve in enumerate(_FADE_CURVES):
         rows = torch.nonzero(shape == j, as_tuple=True)[0]
         if rows.numel():
-            gain.index_copy_(0, rows, curve(p.index_select(0, rows)))
+            copy_rows_(gain, rows, curve(p.index_select(0, rows)))
     return gain
 
 
@@ -122,9 +147,17 @@ def fade(
     return _fade_curve(torch.minimum(p_in, p_out, out=p_in), shape).mul_(x)
 
 
+@functools.lru_cache(maxsize=8)
 def _vocoder_window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The sine window (cached per device and dtype; callers must not modify it)."""
     n = torch.arange(VOCODER_N_FFT, device=device, dtype=torch.float64)
     return torch.sin(math.pi * n / VOCODER_N_FFT).to(dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _synthesis_window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The sine window scaled so that windowed overlap-add inverts :func:`_stft`."""
+    return _vocoder_window(device, dtype) * (2.0 * VOCODER_HOP / VOCODER_N_FFT)
 
 
 def _stft(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,13 +173,19 @@ def _stft(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.fft.rfft(frames, dim=2), frames
 
 
+def _fused(x: torch.Tensor) -> bool:
+    """Whether the vocoder runs its compiled CPU loops (:mod:`tympan.augment.kernels`): float32
+    on the CPU; elsewhere the torch formulation."""
+    return x.device.type == "cpu" and x.dtype == torch.float32
+
+
 def _istft(spec: torch.Tensor, t: int, frames: torch.Tensor | None = None) -> torch.Tensor:
     """Inverse of :func:`_stft`: windowed overlap-add cropped to ``t`` samples (written through
     ``frames`` if given). The squared window sums to ``N / (2 hop)`` under every sample, the only
     normalisation needed."""
     frames = torch.fft.irfft(spec, n=VOCODER_N_FFT, dim=2, out=frames)
     overlap = VOCODER_N_FFT // VOCODER_HOP
-    frames.mul_(_vocoder_window(spec.device, frames.dtype) * (2.0 / overlap))
+    frames.mul_(_synthesis_window(spec.device, frames.dtype))
     b, k, _ = frames.shape
     chunks = frames.view(b, k, overlap, VOCODER_HOP)
     # hop block j sums chunk r of frame j - r
@@ -157,6 +196,46 @@ def _istft(spec: torch.Tensor, t: int, frames: torch.Tensor | None = None) -> to
     return y.view(b, -1)[:, lead : lead + t]
 
 
+def _vocoder_frames(
+    spec: torch.Tensor, lo: torch.Tensor, w_lo: torch.Tensor, w_hi: torch.Tensor
+) -> torch.Tensor:
+    """The phase vocoder's output frames in torch (the reference formulation, and the path on
+    devices other than the CPU); :func:`tympan.augment.kernels.vocoder_frames` computes the
+    same frames in one compiled pass. Overwrites ``spec``, whose memory holds the result."""
+    b, n_frames, n_bins = spec.shape
+    # The tiny real offset gives a silent bin phase 0 instead of 0/0, so silence cannot zero the
+    # phasor product; it is far below any audible level, and its square is a normal float32.
+    re_im = torch.view_as_real(spec.add_(1e-18))
+    mag = re_im[..., 0].square().addcmul_(re_im[..., 1], re_im[..., 1])  # |S|^2 for now
+    inv_mag = mag.rsqrt()
+    mag.mul_(inv_mag)  # |S|
+    # complex x real products go through the real view: multiplying a complex tensor by a real
+    # one of the same size first copies the real one to complex
+    re_im.mul_(inv_mag.unsqueeze(3))
+    unit = spec  # S / |S|
+    # steps[:, 0] is frame 0's phase, steps[:, j] the advance from frame j - 1 to frame j
+    steps = torch.empty_like(unit)
+    steps[:, :1] = unit[:, :1]
+    torch.mul(unit[:, 1:], unit[:, :-1].conj(), out=steps[:, 1:])
+
+    rows = (torch.arange(b, device=spec.device) * n_frames).unsqueeze(1)
+    flat = mag.view(b * n_frames, n_bins)
+    lo_rows = (rows + lo.clamp(max=n_frames - 1)).view(-1)
+    hi_rows = (rows + (lo + 1).clamp(max=n_frames - 1)).view(-1)
+    out_mag = torch.index_select(flat, 0, lo_rows, out=inv_mag.view(b * n_frames, n_bins))
+    out_mag = out_mag.view(b, n_frames, n_bins).mul_(w_lo.unsqueeze(2))
+    out_mag.addcmul_(flat.index_select(0, hi_rows).view(b, n_frames, n_bins), w_hi.unsqueeze(2))
+    # output frame 0 takes frame 0's phase; output frame k + 1 advances by the input advance
+    # from frame floor(t_k) to floor(t_k) + 1
+    step_rows = torch.cat((rows, rows + 1 + lo[:, :-1].clamp(max=n_frames - 2)), dim=1)
+    out = torch.index_select(
+        steps.view(b * n_frames, n_bins), 0, step_rows.view(-1), out=spec.view(b * n_frames, n_bins)
+    )
+    out = out.view(b, n_frames, n_bins).cumprod_(dim=1)
+    torch.view_as_real(out).mul_(out_mag.unsqueeze(3))
+    return out
+
+
 def phase_vocoder(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     """Change each clip's tempo by ``rate[b]`` keeping its pitch (librosa's phase vocoder, batched
     with a rate per clip). Output sample ``n`` follows input sample ``n * rate[b]``.
@@ -165,47 +244,34 @@ def phase_vocoder(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     clip ``b`` reads input frame ``t = k * rate[b]``: its magnitude is interpolated linearly between
     frames ``floor(t)`` and ``floor(t) + 1``, and its phase is the previous output frame's phase
     advanced by the phase difference between those two input frames. Phases are carried as unit
-    phasors, so accumulating them is one ``cumprod`` over frames (no angles, sines or cosines).
+    phasors, so accumulating them is a product over frames (no angles, sines or cosines).
     Frames read past the clip's end are silent. The output has the input's length ``T``.
-    Shapes: ``x [B, T]``, ``rate [B]``.
+    On the CPU the frames come from one compiled pass (:mod:`tympan.augment.kernels`), elsewhere
+    from :func:`_vocoder_frames`. Shapes: ``x [B, T]``, ``rate [B]``.
     """
-    b, t = x.shape
+    t = x.shape[1]
     spec, frames = _stft(x)  # [B, K, F]
-    n_frames, n_bins = spec.shape[1], spec.shape[2]
-    # The tiny real offset gives a silent bin phase 0 instead of 0/0, so silence cannot zero the
-    # phasor product; it is far below any audible level, and its square is a normal float32.
-    re_im = torch.view_as_real(spec.add_(1e-18))
-    mag = re_im[..., 0].square().addcmul_(re_im[..., 1], re_im[..., 1])  # |S|^2 for now
-    inv_mag = mag.rsqrt()
-    mag.mul_(inv_mag)  # |S|
-    unit = spec.mul_(inv_mag)  # S / |S|
-    # steps[:, 0] is frame 0's phase, steps[:, j] the advance from frame j - 1 to frame j
-    steps = torch.empty_like(unit)
-    steps[:, :1] = unit[:, :1]
-    torch.mul(unit[:, 1:], unit[:, :-1].conj(), out=steps[:, 1:])
-
+    n_frames = spec.shape[1]
     # frame k is centred on sample (k - c) * hop; anchor the time map at sample 0
     c = (VOCODER_N_FFT // 2 - VOCODER_HOP) / VOCODER_HOP
     k = torch.arange(n_frames, device=x.device, dtype=torch.float64)
     pos = ((k - c) * rate.to(torch.float64).unsqueeze(1) + c).clamp_min(0.0)  # [B, K]
     lo = pos.long()  # floor, pos >= 0
     frac = (pos - lo).to(x.dtype)
-    w_lo = ((1.0 - frac) * (lo < n_frames)).unsqueeze(2)  # silent past the clip's end
-    w_hi = (frac * (lo + 1 < n_frames)).unsqueeze(2)
-    rows = (torch.arange(b, device=x.device) * n_frames).unsqueeze(1)
-    flat = mag.view(b * n_frames, n_bins)
-    lo_rows = (rows + lo.clamp(max=n_frames - 1)).view(-1)
-    hi_rows = (rows + (lo + 1).clamp(max=n_frames - 1)).view(-1)
-    out_mag = torch.index_select(flat, 0, lo_rows, out=inv_mag.view(b * n_frames, n_bins))
-    out_mag = out_mag.view(b, n_frames, n_bins).mul_(w_lo)
-    out_mag.addcmul_(flat.index_select(0, hi_rows).view(b, n_frames, n_bins), w_hi)
-    # output frame 0 takes frame 0's phase; output frame k + 1 advances by the input advance
-    # from frame floor(t_k) to floor(t_k) + 1
-    step_rows = torch.cat((rows, rows + 1 + lo[:, :-1].clamp(max=n_frames - 2)), dim=1)
-    out = torch.index_select(
-        steps.view(b * n_frames, n_bins), 0, step_rows.view(-1), out=spec.view(b * n_frames, n_bins)
-    )
-    out = out.view(b, n_frames, n_bins).cumprod_(dim=1).mul_(out_mag)
+    w_lo = (1.0 - frac) * (lo < n_frames)  # silent past the clip's end
+    w_hi = frac * (lo + 1 < n_frames)
+    if _fused(x):
+        from tympan.augment.kernels import vocoder_frames
+
+        # real and imaginary planes in, planes out: the loop vectorises over bins
+        planes = torch.view_as_real(spec).permute(3, 0, 1, 2).contiguous()
+        out = torch.empty_like(planes)
+        re, im = planes.numpy()
+        out_re, out_im = out.numpy()
+        vocoder_frames(re, im, lo.numpy(), w_lo.numpy(), w_hi.numpy(), out_re, out_im)
+        out = torch.complex(out[0], out[1], out=spec)
+    else:
+        out = _vocoder_frames(spec, lo, w_lo, w_hi)
     return _istft(out, t, frames)
 
 
@@ -261,10 +327,10 @@ def pitch_shift(x: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
     y = x
     if up.numel():
         s_up = s.index_select(0, up)
-        y = x.clone().index_copy_(0, up, _read(_lowpass(x.index_select(0, up), 1.0 / s_up), s_up))
+        y = copy_rows_(x.clone(), up, _read(_lowpass(x.index_select(0, up), 1.0 / s_up), s_up))
     y = phase_vocoder(y, 1.0 / s)
     if down.numel():
-        y.index_copy_(0, down, _read(y.index_select(0, down), s.index_select(0, down)))
+        copy_rows_(y, down, _read(y.index_select(0, down), s.index_select(0, down)))
     return y
 
 

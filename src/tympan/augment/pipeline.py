@@ -12,11 +12,12 @@ op is ``j`` are gathered, transformed together and scattered back. That is at mo
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
 
-from tympan.augment.ops import AugmentOp, build_op
+from tympan.augment.ops import AugmentOp, build_op, copy_rows_
 from tympan.config import AugmentConfig
 from tympan.errors import ConfigError
 
@@ -85,16 +86,59 @@ class ViewPipeline:
 
     def apply(self, x: torch.Tensor, order: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Run each clip through its ordered ops with freshly drawn parameters."""
-        out = x.clone()  # written in place below: one copy instead of one per (position, op)
+        return self._apply_(x.clone(), order, g)
+
+    def _apply_(self, out: torch.Tensor, order: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """:meth:`apply` writing into ``out`` (one copy of the batch fewer; a fresh batch-sized
+        tensor costs its page faults as well as the copy on the CPU)."""
         for p in range(order.shape[1]):
             for j, op in enumerate(self.ops):
                 idx = torch.nonzero(order[:, p] == j, as_tuple=True)[0]
                 if idx.numel() == 0:
                     continue
                 sub = out.index_select(0, idx)
-                params = op.sample(idx.numel(), x.shape[1], g, x.device)
-                out.index_copy_(0, idx, op.apply(sub, params))
+                params = op.sample(idx.numel(), out.shape[1], g, out.device)
+                copy_rows_(out, idx, op.apply(sub, params))
         return out
+
+    def _views_cpu(
+        self, x1: torch.Tensor, x2: torch.Tensor, order: torch.Tensor, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two views on the CPU: one pass per view, each with its own generator seeded from
+        ``g``, run at once in two threads when torch has two or more.
+
+        Much of a pass is serial: the noise draws (torch's CPU generator is a sequential
+        Mersenne Twister), the vocoder loop (:mod:`tympan.augment.kernels`) and the Python
+        between ops. One pass over both views with parallel ops leaves a core idle through all
+        of that; two independent passes at once, each with one intra-op thread, keep both busy
+        (``benchmarks/augment_views.py``). The views depend only on ``g``, not on the number of
+        threads or on which pass finishes first.
+        """
+        seeds = torch.randint(0, 2**62, (2,), generator=g).tolist()
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        threads = torch.get_num_threads()
+        if threads < 2:
+            return self.apply(x1, order, gens[0]), self.apply(x2, order, gens[1])
+        result: dict[str, object] = {}
+
+        def second() -> None:
+            torch.set_num_threads(1)  # this thread's intra-op pool
+            try:
+                result["view"] = self.apply(x2, order, gens[1])
+            except BaseException as err:  # re-raised in the caller's thread
+                result["error"] = err
+
+        worker = threading.Thread(target=second, name="tympan-view2", daemon=True)
+        torch.set_num_threads(1)
+        try:
+            worker.start()
+            v1 = self.apply(x1, order, gens[0])
+        finally:
+            worker.join()
+            torch.set_num_threads(threads)
+        if "error" in result:
+            raise result["error"]  # type: ignore[misc]
+        return v1, result["view"]  # type: ignore[return-value]
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> Views:
         """Two views of ``x [B, T]``: same ops in the same order, independent parameters."""
@@ -111,12 +155,15 @@ class ViewPipeline:
             )
         b = x1.shape[0]
         order = self.sample_order(b, g, x1.device)
-        if self.ops:
-            # both views in one pass: twice the clips per (position, op) call, half the calls
-            both = self.apply(torch.cat([x1, x2]), order.repeat(2, 1), g)
-            v1, v2 = both[:b], both[b:]
-        else:
+        if not self.ops:
             v1, v2 = x1, x2
+        elif x1.device.type == "cpu":
+            v1, v2 = self._views_cpu(x1, x2, order, g)
+        else:
+            # on an accelerator both views go in one pass: twice the clips per (position, op)
+            # call, half the kernel launches; the concatenation is a copy the ops write into
+            both = self._apply_(torch.cat([x1, x2]), order.repeat(2, 1), g)
+            v1, v2 = both[:b], both[b:]
         return Views(
             view1=v1,
             view2=v2,

@@ -1,0 +1,114 @@
+"""The CPU fast paths of the augmentations equal their reference formulations.
+
+- the compiled phase-vocoder loop (:mod:`tympan.augment.kernels`) against the torch formulation
+  that runs on other devices (:func:`tympan.augment.ops._vocoder_frames`);
+- the two views made in two threads against the same passes made one after the other;
+- the widened row copy against ``index_copy_``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tympan.augment import ops
+from tympan.augment.pipeline import ViewPipeline
+from tympan.config import AugmentConfig
+
+MTSLVR_OPS = ["pitch_shift", "fade", "white_noise", "mixed_noise", "time_mask", "time_shift",
+              "time_stretch"]
+
+
+def _torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ops, "_fused", lambda x: False)
+
+
+@pytest.mark.parametrize("rate", [0.13, 0.5, 0.97, 1.0, 1.5, 2.7])
+def test_compiled_vocoder_equals_the_torch_formulation(rate: float, monkeypatch) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = 0.3 * torch.randn(5, 8000, generator=g)
+    x[1] = 0.0  # silence: phase 0, not 0/0
+    x[2, 4000:] = 0.0  # a clip that ends early
+    rates = torch.tensor([rate, rate, rate, 1.0, 1.0 / rate])
+    assert ops._fused(x)
+    fused = ops.phase_vocoder(x, rates)
+    _torch_path(monkeypatch)
+    reference = ops.phase_vocoder(x, rates)
+    assert torch.isfinite(fused).all()
+    torch.testing.assert_close(fused, reference, atol=2e-5, rtol=1e-4)
+    assert fused[1].abs().max() < 1e-6
+
+
+def test_pitch_shift_is_the_same_on_both_paths(monkeypatch) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = 0.3 * torch.randn(6, 6000, generator=g)
+    semitones = torch.tensor([-15.0, -7.0, 0.0, 3.0, 12.0, 15.0])
+    fused = ops.pitch_shift(x, semitones)
+    _torch_path(monkeypatch)
+    torch.testing.assert_close(fused, ops.pitch_shift(x, semitones), atol=2e-5, rtol=1e-4)
+
+
+def test_float64_inputs_take_the_torch_path() -> None:
+    assert not ops._fused(torch.zeros(2, 10, dtype=torch.float64))
+    assert ops._fused(torch.zeros(2, 10))
+
+
+def _views(threads: int, seed: int = 3):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        pipe = ViewPipeline(AugmentConfig(ops=MTSLVR_OPS, min_ops=1))
+        x = 0.2 * torch.randn(8, 4000, generator=torch.Generator().manual_seed(9))
+        views = pipe(x, torch.Generator().manual_seed(seed))
+        return views, torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_views_do_not_depend_on_the_number_of_threads() -> None:
+    one, after_one = _views(1)
+    two, after_two = _views(2)
+    assert after_one == 1 and after_two == 2  # the caller's thread count is restored
+    assert torch.equal(one.view1, two.view1) and torch.equal(one.view2, two.view2)
+    assert torch.equal(one.order, two.order) and torch.equal(one.labels, two.labels)
+    other, _ = _views(2, seed=4)
+    assert not torch.equal(other.view1, two.view1)
+
+
+def test_an_error_in_the_second_view_reaches_the_caller(monkeypatch) -> None:
+    pipe = ViewPipeline(AugmentConfig(ops=["white_noise"], min_ops=1))
+    x = torch.randn(4, 1000)
+    calls = []
+    apply = pipe.apply
+
+    def failing(xv, order, g):
+        calls.append(xv)
+        if len(calls) == 2:
+            raise RuntimeError("second view failed")
+        return apply(xv, order, g)
+
+    monkeypatch.setattr(pipe, "apply", failing)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="second view failed"):
+            pipe(x, torch.Generator().manual_seed(0))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("t", [48000, 1001])  # widened copy / plain index_copy_
+def test_copy_rows_equals_index_copy(t: int) -> None:
+    g = torch.Generator().manual_seed(2)
+    out = torch.randn(9, t, generator=g)
+    src = torch.randn(4, t, generator=g)
+    rows = torch.tensor([7, 0, 3, 5])
+    expected = out.clone().index_copy_(0, rows, src)
+    assert torch.equal(ops.copy_rows_(out, rows, src), expected)
+    assert torch.equal(out, expected)
+    # a non-contiguous source falls back to index_copy_
+    wide = torch.randn(4, 2 * t, generator=g)[:, ::2]
+    torch.testing.assert_close(
+        ops.copy_rows_(out.clone(), rows, wide), out.clone().index_copy_(0, rows, wide)
+    )

@@ -8,15 +8,21 @@ It then measures MT-SLVR's full 7-op CLAR pipeline (pitch shift, fade, white noi
 time mask, time shift, time stretch; 1 to 7 ops per clip, seed ranges) on a batch of generated
 tones and noise:
 
-(a) tympan: ``ViewPipeline`` making both views and the labels (median of ``--repeats`` after a
-    warm-up);
+(a) tympan: ``ViewPipeline`` making both views and the labels;
 (b) a per-clip reference: the same kind of pipeline (same op counts and orders) clip by clip for
     both views, with ``librosa.effects.pitch_shift`` / ``librosa.effects.time_stretch`` and numpy
     for the other ops;
-(c) one forward + backward pass of the demo encoder on the same batch, the step the views feed.
+(c) one forward + backward pass of the demo encoder on the same batch, the step the views feed;
+(d) the same on both views (2B clips), what a training step runs.
 
-``--per-op`` also splits (a) by op: the time inside each op's parameter draw (``sample``) and its
-application (``apply``), summed over a call; the rest is the pipeline's index bookkeeping.
+(a), (c) and (d) are called in turn for ``--repeats`` rounds after a warm-up round, as views and
+steps alternate in training, and each reports its median; (b) runs last. The process first calls
+:func:`tympan.runtime.retain_freed_memory`, as the ``tympan`` command does (``--system-malloc``
+leaves malloc alone).
+
+``--per-op`` also splits (a) by op, with both views' passes on one thread (so the parts add up):
+the time inside each op's parameter draw (``sample``) and its application (``apply``), summed
+over a call; the rest is the pipeline's index bookkeeping.
 
     python benchmarks/augment_views.py [--batch 64] [--seconds 3] [--device cpu] [--per-op] [--json out.json]
 """
@@ -33,6 +39,7 @@ import torch
 
 from tympan.augment.pipeline import ViewPipeline
 from tympan.config import AugmentConfig, load_recipe
+from tympan.runtime import retain_freed_memory
 
 MTSLVR_OPS = ["pitch_shift", "fade", "white_noise", "mixed_noise", "time_mask", "time_shift", "time_stretch"]
 
@@ -64,6 +71,22 @@ def median_time(fn, repeats: int) -> float:
         _sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def interleaved_medians(fns, repeats: int) -> list[float]:
+    """Median wall time of each of ``fns`` over ``repeats`` rounds that call them in turn,
+    after one warm-up round."""
+    for fn in fns:
+        fn()
+    _sync()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            _sync()
+            spent.append(time.perf_counter() - t0)
+    return [statistics.median(spent) for spent in times]
 
 
 def demo_clips(batch: int, num_samples: int, sample_rate: int, seed: int = 0) -> torch.Tensor:
@@ -219,10 +242,11 @@ def mtslvr_rows(args, dev: torch.device) -> dict:
         encoder.zero_grad(set_to_none=True)
         encoder(x2).sum().backward()
 
-    t_ours = median_time(ours, args.repeats)
+    # (a), (c) and (d) alternate, as views and steps do in training (each leaves the caches and
+    # the allocator to the next); the reference runs last, as librosa's numba threads keep
+    # spinning for a while after it returns and would slow whatever ran next.
+    t_ours, t_enc, t_step = interleaved_medians([ours, fwd_bwd, fwd_bwd_views], args.repeats)
     t_ref = median_time(reference, args.ref_repeats)
-    t_enc = median_time(fwd_bwd, args.repeats)
-    t_step = median_time(fwd_bwd_views, args.repeats)
     return {
         "ops": MTSLVR_OPS,
         "batch": args.batch,
@@ -241,7 +265,18 @@ def mtslvr_rows(args, dev: torch.device) -> dict:
 
 
 def per_op_times(batch: int, seconds: float, dev: torch.device, repeats: int) -> dict:
-    """Seconds per call of (a) spent in each op's ``sample`` and ``apply`` (``--per-op``)."""
+    """Seconds per call of (a) spent in each op's ``sample`` and ``apply`` (``--per-op``), with
+    one torch thread: on the CPU the two views' passes then run one after the other (the same
+    views as with two threads), so the parts are CPU time and add up to the call."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _per_op_times(batch, seconds, dev, repeats)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _per_op_times(batch: int, seconds: float, dev: torch.device, repeats: int) -> dict:
     sr = 16000
     x = demo_clips(batch, int(seconds * sr), sr).to(dev)
     pipe = ViewPipeline(AugmentConfig(ops=MTSLVR_OPS, min_ops=1))
@@ -282,8 +317,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--ref-repeats", type=int, default=3, help="repeats of the slow per-clip reference")
     p.add_argument("--per-op", action="store_true", help="also split (a) by op")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="leave glibc malloc as it is (default: tympan.runtime.retain_freed_memory, "
+                        "as the tympan command does)")
     p.add_argument("--json")
     args = p.parse_args()
+    retained = False if args.system_malloc else retain_freed_memory()
     recipe = load_recipe(args.recipe)
     pipe = ViewPipeline(recipe.augment)
     dev = torch.device(args.device)
@@ -308,9 +347,11 @@ def main() -> None:
 
     m = mtslvr_rows(args, dev)
     row["mtslvr"] = m
-    shape = f"{args.batch} x {args.seconds} s @ 16 kHz, {dev}, {m['torch_threads']} torch threads"
+    m["malloc_retains_freed_memory"] = retained
+    shape = (f"{args.batch} x {args.seconds} s @ 16 kHz, {dev}, {m['torch_threads']} torch threads, "
+             f"malloc {'retaining freed memory' if retained else 'as the system left it'}")
     print()
-    print(f"MT-SLVR 7-op CLAR views ({shape}); medians")
+    print(f"MT-SLVR 7-op CLAR views ({shape}); medians, (a), (c), (d) in alternation")
     print()
     print("| measurement | time (s) | ratio |")
     print("|---|---|---|")
@@ -326,7 +367,8 @@ def main() -> None:
         split = per_op_times(args.batch, args.seconds, dev, args.repeats)
         row["per_op"] = split
         print()
-        print(f"(a) by op, mean of {args.repeats} calls: {split['total_s']:.4f} s")
+        print(f"(a) by op on one torch thread, mean of {args.repeats} calls: "
+              f"{split['total_s']:.4f} s")
         print()
         print("| part | time (s) |")
         print("|---|---|")

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from tympan.errors import ConfigError, TympanError
+from tympan.runtime import retain_freed_memory
 
 
 def _parse_set(values: list[str]) -> dict[str, Any]:
@@ -703,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    retain_freed_memory()  # tympan.runtime: no page-fault churn between steps on the CPU
     try:
         return args.func(args)
     except TympanError as exc:

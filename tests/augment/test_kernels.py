@@ -1,7 +1,8 @@
 """The CPU fast paths of the augmentations equal their reference formulations.
 
-- the compiled phase-vocoder loop (:mod:`tympan.augment.kernels`) against the torch formulation
-  that runs on other devices (:func:`tympan.augment.ops._vocoder_frames`);
+- the compiled phase-vocoder and resampling loops (:mod:`tympan.augment.kernels`) against the
+  torch formulations that run on other devices (:func:`tympan.augment.ops._vocoder_frames`,
+  :func:`tympan.augment.ops._read`);
 - the two views made in two threads against the same passes made one after the other;
 - the widened row copy against ``index_copy_``.
 """
@@ -37,6 +38,17 @@ def test_compiled_vocoder_equals_the_torch_formulation(rate: float, monkeypatch)
     assert torch.isfinite(fused).all()
     torch.testing.assert_close(fused, reference, atol=2e-5, rtol=1e-4)
     assert fused[1].abs().max() < 1e-6
+
+
+def test_compiled_resampling_read_equals_the_torch_formulation(monkeypatch) -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 3001, generator=g)
+    ratio = torch.tensor([1.0, 0.42, 0.999, 1.001, 2.4, 7.0], dtype=torch.float64)
+    fused = ops._read(x, ratio)
+    assert torch.equal(fused[0], x[0])  # ratio 1 reads the clip exactly
+    assert (fused[5, 3001 // 7 + 1 :] == 0).all()  # past the end: silence
+    _torch_path(monkeypatch)
+    torch.testing.assert_close(fused, ops._read(x, ratio), atol=1e-6, rtol=1e-5)
 
 
 def test_pitch_shift_is_the_same_on_both_paths(monkeypatch) -> None:

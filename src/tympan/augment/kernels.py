@@ -1,18 +1,23 @@
-"""Fused CPU loop for the phase vocoder (:func:`tympan.augment.ops.phase_vocoder`).
+"""Compiled CPU loops for the phase vocoder (:func:`tympan.augment.ops.phase_vocoder`) and the
+resampling read of pitch shift (:func:`tympan.augment.ops._read`).
 
 The vocoder's torch formulation (:func:`tympan.augment.ops._vocoder_frames`) is a dozen passes
 over the spectrum (magnitudes, unit phasors, phase steps, two gathers, a cumulative product, two
 products), several of them on strided real/imaginary views that the CPU kernels do not vectorise;
 it costs several times the FFTs around it. The same arithmetic as one loop per clip, compiled by
 numba (installed with librosa), computes each input frame's magnitudes and phase step only when
-the output reaches it, and keeps the running phase of every bin in registers. It works on the
+the output reaches it, and keeps the running phase of every bin in one small buffer. It works on the
 real and imaginary parts as separate planes, which the compiler vectorises (interleaved complex
 loads and stores it does not).
 
-The torch formulation stays the reference and the path on other devices; ``tests/augment``
-checks that both give the same frames. The loop is compiled code over clips, frames and bins (no
-Python per clip), single-threaded and ``nogil``: torch's threads run the FFTs on either side, and
-a serial kernel needs no threading layer, so it is safe from several threads and after ``fork``.
+The resampling read is a gather of two neighbours and a blend per output sample; in torch that
+takes float64 positions and int64 indices the size of the batch, here one pass.
+
+The torch formulations stay the reference and the path on other devices; ``tests/augment``
+checks that both give the same results. The loops are compiled code over clips, frames and bins (no
+Python per clip), single-threaded and ``nogil``: torch's threads run the FFTs on either side, the
+two views run in two threads on the CPU (:class:`tympan.augment.pipeline.ViewPipeline`), and a
+serial kernel needs no threading layer, so it is safe from several threads and after ``fork``.
 """
 
 from __future__ import annotations
@@ -89,3 +94,24 @@ def vocoder_frames(re, im, lo, w_lo, w_hi, out_re, out_im):  # pragma: no cover 
                 o_im[f] = g * pi
                 ph_re[f] = pr * st_re[f] - pi * st_im[f]
                 ph_im[f] = pr * st_im[f] + pi * st_re[f]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def read_linear(x, ratio, out):  # pragma: no cover - compiled
+    """``out[b, m] = x_b(m * ratio[b])`` for ``x, out [B, T]`` float32, ``ratio [B]`` float64:
+    linear interpolation between the two neighbouring samples, zero at and past the end. The
+    compiled form of :func:`tympan.augment.ops._read` (one pass, no ``[B, T]`` index tensors)."""
+    n_clips, n = x.shape
+    for b in range(n_clips):
+        r = ratio[b]
+        xb = x[b]
+        ob = out[b]
+        for m in range(n):
+            pos = m * r
+            lo = int(pos)  # floor: pos >= 0
+            if lo >= n:
+                ob[m] = 0.0
+                continue
+            a = xb[lo]
+            h = xb[lo + 1] if lo + 1 < n else np.float32(0.0)
+            ob[m] = a + np.float32(pos - lo) * (h - a)

@@ -56,12 +56,12 @@ def white_noise(x: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor) -> t
 
 def time_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Circularly shift each clip by ``shift[b]`` samples (positive = later), i.e. ``torch.roll``
-    with rollover, batched with one gather. Shapes: ``x [B, T]``, ``shift [B]`` (integer)."""
-    t = x.shape[1]
-    # y[n] = x[(n - shift) mod t] = xx[n + t - (shift mod t)] with xx = x twice: the modulo only
-    # on the [B] shifts
-    idx = torch.arange(t, device=x.device).unsqueeze(0) + (t - shift.long() % t).unsqueeze(1)
-    return torch.gather(torch.cat((x, x), dim=1), 1, idx)
+    with rollover, batched. Shapes: ``x [B, T]``, ``shift [B]`` (integer)."""
+    b, t = x.shape
+    # y[n] = x[(n - shift) mod t] = xx[n + t - (shift mod t)] with xx = x twice: each output row
+    # is one window of xx, picked from the view of all windows by one row copy (no [B, T] index)
+    start = (t - shift.long() % t) + torch.arange(b, device=x.device) * (2 * t)
+    return torch.cat((x, x), dim=1).view(-1).unfold(0, t, 1).index_select(0, start)
 
 
 def time_mask(x: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
@@ -111,20 +111,21 @@ def _fade_exp(p: torch.Tensor) -> torch.Tensor:
 _FADE_CURVES = (_fade_linear, _fade_log, _fade_exp)
 
 
-def _fade_curve(p: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
-    """Gain for fade progress ``p [B, T]`` in [0, 1] (0 = silent end); ``shape [B]``: 0 linear,
-    1 log, 2 exp.
+def _fade_curve_(p: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """Gain for fade progress ``p [B, T]`` in [0, 1] (0 = silent end), written over ``p``;
+    ``shape [B]``: 0 linear, 1 log, 2 exp.
 
     log: ``log10(0.1 + 0.9 p) + 1`` rises fast then flattens; exp: ``2^(5 (p - 1))`` starts
-    slowly, mapped to start from 0. All reach 1 at ``p = 1``. Each shape's curve is evaluated on
-    the rows of that shape only (one sub-batch per shape, not three curves for every row).
+    slowly, mapped to start from 0. All reach 1 at ``p = 1``. The linear gain is the progress
+    itself; each other shape's curve is evaluated on the rows of that shape only.
     """
-    gain = torch.empty_like(p)
     for j, curve in enumerate(_FADE_CURVES):
+        if curve is _fade_linear:
+            continue
         rows = torch.nonzero(shape == j, as_tuple=True)[0]
         if rows.numel():
-            copy_rows_(gain, rows, curve(p.index_select(0, rows)))
-    return gain
+            copy_rows_(p, rows, curve(p.index_select(0, rows)))
+    return p
 
 
 def fade(
@@ -135,16 +136,21 @@ def fade(
     ``shape[b]`` indexes :data:`FADE_SHAPES`. Shapes: ``x [B, T]``, others ``[B]``.
     """
     t = x.shape[1]
-    pos = torch.arange(t, device=x.device, dtype=x.dtype).unsqueeze(0)
-    fin = fade_in.to(x.dtype).unsqueeze(1)
-    fout = fade_out.to(x.dtype).unsqueeze(1)
-    p_in = (pos / fin.clamp_min(1.0)).clamp_(0.0, 1.0).masked_fill_(fin <= 0, 1.0)
-    p_out = ((t - 1 - pos) / fout.clamp_min(1.0)).clamp_(0.0, 1.0).masked_fill_(fout <= 0, 1.0)
+    pos = torch.arange(t, device=x.device, dtype=x.dtype)
+
+    def progress(length: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        # steps / length, or 1 throughout where there is no fade (length 0); clamped to [0, 1]
+        n = length.to(x.dtype).unsqueeze(1)
+        none = (n <= 0).to(x.dtype)
+        return torch.addcmul(none, steps, (1.0 - none) / n.clamp_min(1.0)).clamp_(max=1.0)
+
+    p_in = progress(fade_in, pos)
+    p_out = progress(fade_out, (t - 1) - pos)
     if bool((fade_in + fade_out > t).any()):  # overlapping fades: both gains at some samples
-        return x * _fade_curve(p_in, shape) * _fade_curve(p_out, shape)
+        return _fade_curve_(p_in, shape).mul_(_fade_curve_(p_out, shape)).mul_(x)
     # Otherwise at every sample one progress is exactly 1, whose gain is exactly 1 for every
     # shape, so one curve of the smaller progress is the same product at half the cost.
-    return _fade_curve(torch.minimum(p_in, p_out, out=p_in), shape).mul_(x)
+    return _fade_curve_(torch.minimum(p_in, p_out, out=p_in), shape).mul_(x)
 
 
 @functools.lru_cache(maxsize=8)
@@ -299,8 +305,15 @@ def _lowpass(x: torch.Tensor, cutoff: torch.Tensor) -> torch.Tensor:
 def _read(x: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
     """Resample by reading ``y[m] = x(m * ratio[b])`` for ``m < T``, interpolating linearly; zero
     past the clip's end. ``ratio = 1`` returns ``x`` exactly. Anti-aliasing before reading faster
-    than 1 is the caller's (:func:`_lowpass`). Shapes: ``x [B, T]``, ``ratio [B]``."""
+    than 1 is the caller's (:func:`_lowpass`). On the CPU one compiled loop
+    (:func:`tympan.augment.kernels.read_linear`). Shapes: ``x [B, T]``, ``ratio [B]``."""
     t = x.shape[1]
+    if _fused(x):
+        from tympan.augment.kernels import read_linear
+
+        out = torch.empty_like(x)
+        read_linear(x.contiguous().numpy(), ratio.to(torch.float64).numpy(), out.numpy())
+        return out
     padded = torch.nn.functional.pad(x, (0, 2))  # reads at or past the end see zeros
     pos = torch.arange(t, device=x.device, dtype=torch.float64) * ratio.to(torch.float64).unsqueeze(1)
     lo = pos.long().clamp_(max=t)  # floor, pos >= 0

@@ -91,15 +91,27 @@ class ViewPipeline:
     def _apply_(self, out: torch.Tensor, order: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """:meth:`apply` writing into ``out`` (one copy of the batch fewer; a fresh batch-sized
         tensor costs its page faults as well as the copy on the CPU)."""
+        groups = self._groups(order)
         for p in range(order.shape[1]):
             for j, op in enumerate(self.ops):
-                idx = torch.nonzero(order[:, p] == j, as_tuple=True)[0]
+                idx = groups[p][j]
                 if idx.numel() == 0:
                     continue
                 sub = out.index_select(0, idx)
                 params = op.sample(idx.numel(), out.shape[1], g, out.device)
                 copy_rows_(out, idx, op.apply(sub, params))
         return out
+
+    def _groups(self, order: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """``groups[p][j]``: the clips (ascending) whose ``p``-th op is op ``j``, for every
+        position and op from one sort and one host sync (not one nonzero per pair)."""
+        b, positions = order.shape
+        width = len(self.ops) + 1  # op indices shifted by one: 0 is the -1 padding
+        key = (order + 1 + width * torch.arange(positions, device=order.device)).t().reshape(-1)
+        perm = torch.sort(key, stable=True).indices
+        counts = torch.bincount(key, minlength=positions * width).tolist()
+        rows = (perm % b).split(counts)
+        return [rows[p * width + 1 : (p + 1) * width] for p in range(positions)]
 
     def _views_cpu(
         self, x1: torch.Tensor, x2: torch.Tensor, order: torch.Tensor, g: torch.Generator

@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from tympan.runtime import retain_freed_memory
+
 HERE = Path(__file__).resolve().parent
 
 #: per benchmark: minimum reference/ours ratio, maximum time of our side (None: no time goal),
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             setattr(args, key, value)
     if args.threads:
         torch.set_num_threads(args.threads)
+    retain_freed_memory()  # as the tympan command does (tympan.runtime)
     device = torch.device(args.device)
 
     machine = machine_line(device)

@@ -37,14 +37,16 @@ def _magnitude(re, im, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def vocoder_frames(re, im, lo, w_lo, w_hi, out_re, out_im):  # pragma: no cover - compiled
+def vocoder_frames(re, im, rate, centre, out_re, out_im):  # pragma: no cover - compiled
     """Phase-vocoder output frames from the input spectrum's planes ``re, im [B, K, F]``
     (float32), written to ``out_re, out_im [B, K, F]``.
 
-    Output frame ``k`` of clip ``b`` has magnitude ``w_lo |S[lo]| + w_hi |S[lo + 1]|`` (rows
-    clamped to the last frame) and the phase of output frame ``k - 1`` advanced by the phase step
-    of input frames ``m -> m + 1``, ``m = min(lo[b, k - 1], K - 2)``; frame 0 takes input frame
-    0's phase. ``lo [B, K]`` int64 is non-decreasing along ``k``; ``w_lo, w_hi [B, K]`` float32.
+    Output frame ``k`` of clip ``b`` reads input frame ``t = max((k - c) rate[b] + c, 0)``
+    (``c = centre``; :func:`tympan.augment.ops._frame_map`): with ``lo = floor(t)`` and
+    ``f = t - lo``, its magnitude is ``(1 - f) |S[lo]| + f |S[lo + 1]|`` (a frame past the end
+    counts as silent; rows clamped to the last frame) and its phase is output frame ``k - 1``'s
+    advanced by the phase step of input frames ``m -> m + 1``, ``m = min(lo_{k-1}, K - 2)``;
+    frame 0 takes input frame 0's phase. ``rate [B]`` float64.
     See :func:`tympan.augment.ops.phase_vocoder`.
     """
     n_clips, n_frames, n_bins = re.shape
@@ -62,7 +64,11 @@ def vocoder_frames(re, im, lo, w_lo, w_hi, out_re, out_im):  # pragma: no cover 
             ph_im[f] = i0[f] / mag_a[f]
         prev = -1
         for k in range(n_frames):
-            l = lo[b, k]
+            pos = max((k - centre) * rate[b] + centre, 0.0)
+            l = int(pos)  # floor: pos >= 0
+            frac = np.float32(pos - l)
+            wl = np.float32(1.0) - frac if l < n_frames else np.float32(0.0)
+            wh = frac if l + 1 < n_frames else np.float32(0.0)
             if l != prev:  # a new input frame: its magnitudes and phase step
                 prev = l
                 ra = min(l, n_frames - 1)
@@ -82,8 +88,6 @@ def vocoder_frames(re, im, lo, w_lo, w_hi, out_re, out_im):  # pragma: no cover 
                     uh_r, uh_i = h_r * inv_h, hi[f] * inv_h
                     st_re[f] = uh_r * ua_r + uh_i * ua_i
                     st_im[f] = uh_i * ua_r - uh_r * ua_i
-            wl = w_lo[b, k]
-            wh = w_hi[b, k]
             o_re = out_re[b, k]
             o_im = out_im[b, k]
             for f in range(n_bins):

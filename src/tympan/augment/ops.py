@@ -46,12 +46,11 @@ def white_noise(x: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor) -> t
     rescaled, so the SNR holds for the drawn noise itself, not only in expectation.
     Shapes: ``x, noise [B, T]``, ``snr_db [B]``.
     """
-    t = x.shape[1]
-    # mean powers as squared norms: no [B, T] temporaries
-    p_signal = torch.linalg.vector_norm(x, dim=1, keepdim=True).square() / t
-    p_noise = (torch.linalg.vector_norm(noise, dim=1, keepdim=True).square() / t).clamp_min(1e-12)
-    target = p_signal / torch.pow(10.0, snr_db.unsqueeze(1) / 10.0)
-    return torch.addcmul(x, noise, torch.sqrt(target / p_noise))
+    # the noise is scaled by (|x| / |noise|) 10^(-SNR / 20): the 1/T of the mean powers cancels
+    # (norms: no [B, T] temporaries); a silent noise draw (mean power under 1e-12) is not blown up
+    floor = 1e-6 * math.sqrt(x.shape[1])
+    ratio = torch.linalg.vector_norm(x, dim=1) / torch.linalg.vector_norm(noise, dim=1).clamp_min(floor)
+    return torch.addcmul(x, noise, ratio.mul_(torch.pow(10.0, snr_db * -0.05)).unsqueeze(1))
 
 
 def time_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -100,14 +99,14 @@ def _fade_linear(p: torch.Tensor) -> torch.Tensor:
 
 
 def _fade_log(p: torch.Tensor) -> torch.Tensor:
-    return torch.log10(p.mul(0.9).add_(0.1)).add_(1.0)
+    return p.mul_(0.9).add_(0.1).log10_().add_(1.0)
 
 
 def _fade_exp(p: torch.Tensor) -> torch.Tensor:
-    return torch.exp2((p - 1.0).mul_(5.0)).sub_(2.0**-5).div_(1.0 - 2.0**-5)
+    return p.sub_(1.0).mul_(5.0).exp2_().sub_(2.0**-5).div_(1.0 - 2.0**-5)
 
 
-#: gain curves of :data:`FADE_SHAPES`, in that order
+#: gain curves of :data:`FADE_SHAPES`, in that order; each overwrites its argument
 _FADE_CURVES = (_fade_linear, _fade_log, _fade_exp)
 
 
@@ -257,28 +256,39 @@ def phase_vocoder(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     """
     t = x.shape[1]
     spec, frames = _stft(x)  # [B, K, F]
-    n_frames = spec.shape[1]
-    # frame k is centred on sample (k - c) * hop; anchor the time map at sample 0
-    c = (VOCODER_N_FFT // 2 - VOCODER_HOP) / VOCODER_HOP
-    k = torch.arange(n_frames, device=x.device, dtype=torch.float64)
-    pos = ((k - c) * rate.to(torch.float64).unsqueeze(1) + c).clamp_min(0.0)  # [B, K]
-    lo = pos.long()  # floor, pos >= 0
-    frac = (pos - lo).to(x.dtype)
-    w_lo = (1.0 - frac) * (lo < n_frames)  # silent past the clip's end
-    w_hi = frac * (lo + 1 < n_frames)
+    rate64 = rate.to(torch.float64)
     if _fused(x):
         from tympan.augment.kernels import vocoder_frames
 
-        # real and imaginary planes in, planes out: the loop vectorises over bins
+        # real and imaginary planes in, planes out: the loop vectorises over bins; it computes
+        # the time map of :func:`_frame_map` itself, frame by frame
         planes = torch.view_as_real(spec).permute(3, 0, 1, 2).contiguous()
         out = torch.empty_like(planes)
         re, im = planes.numpy()
         out_re, out_im = out.numpy()
-        vocoder_frames(re, im, lo.numpy(), w_lo.numpy(), w_hi.numpy(), out_re, out_im)
+        vocoder_frames(re, im, rate64.numpy(), VOCODER_CENTRE, out_re, out_im)
         out = torch.complex(out[0], out[1], out=spec)
     else:
-        out = _vocoder_frames(spec, lo, w_lo, w_hi)
+        out = _vocoder_frames(spec, *_frame_map(rate64, spec.shape[1], x.dtype))
     return _istft(out, t, frames)
+
+
+#: frame ``k`` of :func:`_stft` is centred on sample ``(k - VOCODER_CENTRE) * hop``
+VOCODER_CENTRE = (VOCODER_N_FFT // 2 - VOCODER_HOP) / VOCODER_HOP
+
+
+def _frame_map(
+    rate: torch.Tensor, n_frames: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each output frame of :func:`phase_vocoder` reads: ``lo [B, K]`` (input frame
+    ``floor(t)``, ``t = k * rate`` with the time map anchored at sample 0) and the weights
+    ``w_lo, w_hi [B, K]`` of frames ``lo`` and ``lo + 1``, zero for frames past the clip's end.
+    ``rate [B]`` float64."""
+    k = torch.arange(n_frames, device=rate.device, dtype=torch.float64)
+    pos = ((k - VOCODER_CENTRE) * rate.unsqueeze(1) + VOCODER_CENTRE).clamp_min(0.0)
+    lo = pos.long()  # floor, pos >= 0
+    frac = (pos - lo).to(dtype)
+    return lo, (1.0 - frac) * (lo < n_frames), frac * (lo + 1 < n_frames)
 
 
 def time_stretch(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
@@ -347,6 +357,13 @@ def pitch_shift(x: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
     return y
 
 
+@functools.lru_cache(maxsize=16)
+def _log_bins(n_bins: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``log(max(k, 1))`` for bins ``k`` as ``[1, n_bins]`` (cached; callers must not modify it)."""
+    k = torch.arange(n_bins, device=device, dtype=dtype)
+    return torch.log(k.clamp_min(1.0)).unsqueeze(0)
+
+
 def coloured_noise(noise: torch.Tensor, f_decay: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
     """Shape white noise so that its power spectrum goes as ``1 / f^d``, ``d = f_decay[b]``.
 
@@ -365,8 +382,7 @@ def coloured_noise(noise: torch.Tensor, f_decay: torch.Tensor, num_samples: int 
         t = noise.shape[1]
         spec = torch.fft.rfft(noise, dim=1)
     real = spec.real.dtype
-    k = torch.arange(spec.shape[1], device=noise.device, dtype=real)
-    log_k = torch.log(k.clamp_min(1.0)).unsqueeze(0)
+    log_k = _log_bins(spec.shape[1], noise.device, real)
     gain = (-0.5 * f_decay.to(real)).unsqueeze(1).mul(log_k).exp_()  # k^(-d/2)
     gain[:, 0] = 0.0
     return torch.fft.irfft(spec.mul_(gain), n=t, dim=1)
@@ -386,7 +402,7 @@ def mixed_noise(
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
+    return torch.empty(n, device=device).uniform_(lo, hi, generator=g)
 
 
 class AugmentOp:

@@ -11,7 +11,8 @@ step and nothing else: **data loading is excluded** (the batch never leaves the 
 are Lightning's loop, logging, checkpointing and collapse-monitor callbacks.
 
 Precision is what ``tympan pretrain`` uses (:func:`tympan.training.pretrain.resolve_precision`):
-bf16 autocast on CUDA, fp32 on the CPU.
+bf16 autocast on CUDA, fp32 on the CPU. Each worker applies
+:func:`tympan.runtime.retain_freed_memory`, as the ``tympan`` command does.
 
 Measured per recipe, each in its own subprocess (so one recipe's memory or failure does not
 leak into the next):
@@ -57,6 +58,8 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+
+from tympan.runtime import retain_freed_memory
 
 RESULT_PREFIX = "RESULT "
 #: a row whose slowest timed step exceeds its fastest by this factor is flagged as noisy
@@ -431,6 +434,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--steps must be >= 1, --warmup >= 0 and --batch >= 2")
 
     if args.worker:
+        retain_freed_memory()  # the allocator setting of the tympan command (tympan.runtime)
         row = measure_recipe(args.worker, device, args.batch, args.steps, args.warmup,
                              args.pretext_labels)
         print(RESULT_PREFIX + json.dumps(row), flush=True)

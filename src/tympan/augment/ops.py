@@ -64,10 +64,23 @@ def time_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def time_mask(x: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-    """Zero samples ``[start[b], start[b] + length[b])`` of each clip. Shapes: ``[B, T]``, ``[B]``."""
-    pos = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
-    s, n = start.long().unsqueeze(1), length.long().unsqueeze(1)
-    return x.masked_fill((pos >= s) & (pos < s + n), 0.0)
+    """Zero samples ``[start[b], start[b] + length[b])`` of each clip (the part inside the clip).
+    Shapes: ``[B, T]``, ``[B]``.
+
+    The spans are zeroed through their flat indices (one index per masked sample, an eighth of
+    the clip at most with the seed's range) instead of a ``[B, T]`` mask.
+    """
+    b, t = x.shape
+    first = start.long().clamp(0, t)
+    count = ((start.long() + length.long()).clamp(0, t) - first).clamp_min(0)
+    out = x.clone()
+    total = int(count.sum())
+    if total:
+        # sample i of span b sits at flat index b t + first[b] + i
+        base = torch.arange(b, device=x.device) * t + first - (torch.cumsum(count, 0) - count)
+        flat = torch.arange(total, device=x.device) + torch.repeat_interleave(base, count)
+        out.view(-1).index_fill_(0, flat, 0.0)
+    return out
 
 
 def copy_rows_(out: torch.Tensor, rows: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
@@ -189,16 +202,27 @@ def _istft(spec: torch.Tensor, t: int, frames: torch.Tensor | None = None) -> to
     ``frames`` if given). The squared window sums to ``N / (2 hop)`` under every sample, the only
     normalisation needed."""
     frames = torch.fft.irfft(spec, n=VOCODER_N_FFT, dim=2, out=frames)
-    overlap = VOCODER_N_FFT // VOCODER_HOP
+    hop, overlap = VOCODER_HOP, VOCODER_N_FFT // VOCODER_HOP
     frames.mul_(_synthesis_window(spec.device, frames.dtype))
     b, k, _ = frames.shape
-    chunks = frames.view(b, k, overlap, VOCODER_HOP)
-    # hop block j sums chunk r of frame j - r
-    y = torch.nn.functional.pad(chunks[:, :, 0], (0, 0, 0, overlap - 1))
-    for r in range(1, overlap):
-        y[:, r : r + k] += chunks[:, :, r]
-    lead = VOCODER_N_FFT - VOCODER_HOP
-    return y.view(b, -1)[:, lead : lead + t]
+    chunks = frames.view(b, k, overlap, hop)
+    # Output block q (samples q hop ... of the cropped signal, i.e. padded block q + overlap - 1)
+    # sums chunk r of frame q + overlap - 1 - r. The sums are written straight into a contiguous
+    # [B, t] result: no padded signal to crop, and a contiguous result scatters fast.
+    y = torch.empty(b, t, dtype=frames.dtype, device=frames.device)
+    full, rest = divmod(t, hop)
+
+    def blocks(q0: int, q1: int, width: int, out: torch.Tensor) -> None:
+        first = q0 + overlap - 1
+        torch.add(chunks[:, first : first + q1 - q0, 0, :width],
+                  chunks[:, first - 1 : first - 1 + q1 - q0, 1, :width], out=out)
+        for r in range(2, overlap):
+            out += chunks[:, first - r : first - r + q1 - q0, r, :width]
+
+    blocks(0, full, hop, y[:, : full * hop].view(b, full, hop))
+    if rest:
+        blocks(full, full + 1, rest, y[:, full * hop :].unsqueeze(1))
+    return y
 
 
 def _vocoder_frames(

@@ -37,6 +37,19 @@ def _magnitude(re, im, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _step(ar, ai, hr, hi, mag_a, mag_h, st_re, st_im):  # pragma: no cover - compiled
+    """``unit(h) conj(unit(a))`` per bin, each unit phasor normalised by its own magnitude (the
+    product of two tiny squared magnitudes would underflow)."""
+    for f in range(ar.shape[0]):
+        inv_a = np.float32(1.0) / mag_a[f]
+        inv_h = np.float32(1.0) / mag_h[f]
+        ua_r, ua_i = (ar[f] + _TINY) * inv_a, ai[f] * inv_a
+        uh_r, uh_i = (hr[f] + _TINY) * inv_h, hi[f] * inv_h
+        st_re[f] = uh_r * ua_r + uh_i * ua_i
+        st_im[f] = uh_i * ua_r - uh_r * ua_i
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def vocoder_frames(re, im, rate, centre, out_re, out_im):  # pragma: no cover - compiled
     """Phase-vocoder output frames from the input spectrum's planes ``re, im [B, K, F]``
     (float32), written to ``out_re, out_im [B, K, F]``.
@@ -56,6 +69,8 @@ def vocoder_frames(re, im, rate, centre, out_re, out_im):  # pragma: no cover - 
     mag_h = np.empty(n_bins, dtype=np.float32)
     st_re = np.empty(n_bins, dtype=np.float32)  # phase step m -> m + 1
     st_im = np.empty(n_bins, dtype=np.float32)
+    step_a = np.empty(n_bins, dtype=np.float32)  # |S| of frames m, m + 1 past the last step
+    step_h = np.empty(n_bins, dtype=np.float32)
     for b in range(n_clips):
         _magnitude(re[b, 0], im[b, 0], mag_a)
         r0, i0 = re[b, 0], im[b, 0]
@@ -76,18 +91,14 @@ def vocoder_frames(re, im, rate, centre, out_re, out_im):  # pragma: no cover - 
                 m = min(l, n_frames - 2)
                 _magnitude(re[b, ra], im[b, ra], mag_a)
                 _magnitude(re[b, rh], im[b, rh], mag_h)
-                ar, ai, hr, hi = re[b, m], im[b, m], re[b, m + 1], im[b, m + 1]
-                for f in range(n_bins):
-                    a_r = ar[f] + _TINY
-                    h_r = hr[f] + _TINY
-                    # unit(h) conj(unit(a)), each unit phasor normalised on its own (the
-                    # product of two tiny squared magnitudes would underflow)
-                    inv_a = np.float32(1.0) / np.sqrt(a_r * a_r + ai[f] * ai[f])
-                    inv_h = np.float32(1.0) / np.sqrt(h_r * h_r + hi[f] * hi[f])
-                    ua_r, ua_i = a_r * inv_a, ai[f] * inv_a
-                    uh_r, uh_i = h_r * inv_h, hi[f] * inv_h
-                    st_re[f] = uh_r * ua_r + uh_i * ua_i
-                    st_im[f] = uh_i * ua_r - uh_r * ua_i
+                if m == ra:  # the step's frames are the magnitudes' (all but the last frame)
+                    _step(re[b, m], im[b, m], re[b, m + 1], im[b, m + 1], mag_a, mag_h,
+                          st_re, st_im)
+                else:
+                    _magnitude(re[b, m], im[b, m], step_a)
+                    _magnitude(re[b, m + 1], im[b, m + 1], step_h)
+                    _step(re[b, m], im[b, m], re[b, m + 1], im[b, m + 1], step_a, step_h,
+                          st_re, st_im)
             o_re = out_re[b, k]
             o_im = out_im[b, k]
             for f in range(n_bins):

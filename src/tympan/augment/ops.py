@@ -182,12 +182,27 @@ def _stft(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x [B, T]`` -> ``spec [B, K, F]``, zero-padded so that every sample lies under the same
     number of frames (``N / hop``); :func:`_istft` inverts it exactly. Also returns the windowed
     frames ``[B, K, N]``, whose memory :func:`_istft` can reuse."""
-    t = x.shape[1]
-    lead = VOCODER_N_FFT - VOCODER_HOP
-    n_frames = (lead + t - 1) // VOCODER_HOP + 1
-    right = (n_frames - 1) * VOCODER_HOP + VOCODER_N_FFT - t - lead
-    padded = torch.nn.functional.pad(x, (lead, right))
-    frames = padded.unfold(1, VOCODER_N_FFT, VOCODER_HOP) * _vocoder_window(x.device, x.dtype)
+    b, t = x.shape
+    n, hop = VOCODER_N_FFT, VOCODER_HOP
+    lead = n - hop  # a whole number of hops: frame k starts at clip sample (k - k0) hop
+    k0 = lead // hop
+    n_frames = (lead + t - 1) // hop + 1
+    window = _vocoder_window(x.device, x.dtype)
+    if t < n:  # short clip: every frame reaches past an end
+        right = (n_frames - 1) * hop + n - t - lead
+        frames = torch.nn.functional.pad(x, (lead, right)).unfold(1, n, hop) * window
+        return torch.fft.rfft(frames, dim=2), frames
+    # frames inside the clip are windowed straight from it (no padded copy of the clip); only
+    # the k0 frames before it and the few reaching past its end come from small padded pieces
+    inner = (t - n) // hop + 1
+    frames = torch.empty(b, n_frames, n, dtype=x.dtype, device=x.device)
+    torch.mul(x.unfold(1, n, hop)[:, :inner], window, out=frames[:, k0 : k0 + inner])
+    head = torch.nn.functional.pad(x[:, : n - hop], (lead, 0)).unfold(1, n, hop)
+    torch.mul(head, window, out=frames[:, :k0])
+    tail = x[:, inner * hop :]
+    length = (n_frames - k0 - inner - 1) * hop + n
+    tail = torch.nn.functional.pad(tail, (0, length - tail.shape[1])).unfold(1, n, hop)
+    torch.mul(tail, window, out=frames[:, k0 + inner :])
     return torch.fft.rfft(frames, dim=2), frames
 
 

@@ -92,33 +92,40 @@ class ViewPipeline:
         return onehot[:, 1:]
 
     def apply(self, x: torch.Tensor, order: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Run each clip through its ordered ops with freshly drawn parameters."""
-        return self._apply_(x.clone(), order, g)
+        """Run each clip through its ordered ops with freshly drawn parameters.
 
-    def _apply_(self, out: torch.Tensor, order: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """:meth:`apply` writing into ``out`` (one copy of the batch fewer; a fresh batch-sized
-        tensor costs its page faults as well as the copy on the CPU)."""
+        The first position reads the input and writes a new batch (no copy of the input first:
+        every clip with an op at that position is overwritten, the others are copied over);
+        later positions transform that batch in place.
+        """
+        out = torch.empty_like(x)
         groups = self._groups(order)
         for p in range(order.shape[1]):
+            src = x if p == 0 else out
+            if p == 0 and groups[0][0].numel():  # clips with no op at all keep their input
+                copy_rows_(out, groups[0][0], x.index_select(0, groups[0][0]))
             for j, op in enumerate(self.ops):
-                idx = groups[p][j]
+                idx = groups[p][j + 1]
                 if idx.numel() == 0:
                     continue
-                sub = out.index_select(0, idx)
-                params = op.sample(idx.numel(), out.shape[1], g, out.device)
+                sub = src.index_select(0, idx)
+                params = op.sample(idx.numel(), x.shape[1], g, x.device)
                 copy_rows_(out, idx, op.apply(sub, params))
+        if order.shape[1] == 0:
+            out.copy_(x)
         return out
 
     def _groups(self, order: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-        """``groups[p][j]``: the clips (ascending) whose ``p``-th op is op ``j``, for every
-        position and op from one sort and one host sync (not one nonzero per pair)."""
+        """``groups[p][j + 1]``: the clips (ascending) whose ``p``-th op is op ``j``, and
+        ``groups[p][0]`` those with no op at ``p``, for every position from one sort and one
+        host sync (not one nonzero per pair)."""
         b, positions = order.shape
         width = len(self.ops) + 1  # op indices shifted by one: 0 is the -1 padding
         key = (order + 1 + width * torch.arange(positions, device=order.device)).t().reshape(-1)
         perm = torch.sort(key, stable=True).indices
         counts = torch.bincount(key, minlength=positions * width).tolist()
         rows = (perm % b).split(counts)
-        return [rows[p * width + 1 : (p + 1) * width] for p in range(positions)]
+        return [rows[p * width : (p + 1) * width] for p in range(positions)]
 
     def _views_cpu(
         self, x1: torch.Tensor, x2: torch.Tensor, order: torch.Tensor, g: torch.Generator
@@ -189,8 +196,8 @@ class ViewPipeline:
             v1, v2 = self._views_cpu(x1, x2, order, g)
         else:
             # on an accelerator both views go in one pass: twice the clips per (position, op)
-            # call, half the kernel launches; the concatenation is a copy the ops write into
-            both = self._apply_(torch.cat([x1, x2]), order.repeat(2, 1), g)
+            # call, half the kernel launches
+            both = self.apply(torch.cat([x1, x2]), order.repeat(2, 1), g)
             v1, v2 = both[:b], both[b:]
         return Views(
             view1=v1,

@@ -62,15 +62,7 @@ def timeit(fn, repeats: int) -> float:
 
 def median_time(fn, repeats: int) -> float:
     """Median wall time of ``repeats`` calls after one warm-up call."""
-    fn()
-    _sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return interleaved_medians([fn], repeats)[0]
 
 
 def interleaved_medians(fns, repeats: int) -> list[float]:

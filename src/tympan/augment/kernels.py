@@ -50,16 +50,15 @@ def _step(ar, ai, hr, hi, mag_a, mag_h, st_re, st_im):  # pragma: no cover - com
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def vocoder_frames(re, im, rate, centre, out_re, out_im):  # pragma: no cover - compiled
+def vocoder_frames(re, im, lo, w_lo, w_hi, out_re, out_im):  # pragma: no cover - compiled
     """Phase-vocoder output frames from the input spectrum's planes ``re, im [B, K, F]``
     (float32), written to ``out_re, out_im [B, K, F]``.
 
-    Output frame ``k`` of clip ``b`` reads input frame ``t = max((k - c) rate[b] + c, 0)``
-    (``c = centre``; :func:`tympan.augment.ops._frame_map`): with ``lo = floor(t)`` and
-    ``f = t - lo``, its magnitude is ``(1 - f) |S[lo]| + f |S[lo + 1]|`` (a frame past the end
-    counts as silent; rows clamped to the last frame) and its phase is output frame ``k - 1``'s
-    advanced by the phase step of input frames ``m -> m + 1``, ``m = min(lo_{k-1}, K - 2)``;
-    frame 0 takes input frame 0's phase. ``rate [B]`` float64.
+    Output frame ``k`` of clip ``b`` has magnitude ``w_lo |S[lo]| + w_hi |S[lo + 1]|`` (rows
+    clamped to the last frame) and the phase of output frame ``k - 1`` advanced by the phase step
+    of input frames ``m -> m + 1``, ``m = min(lo[b, k - 1], K - 2)``; frame 0 takes input frame
+    0's phase. ``lo, w_lo, w_hi [B, K]`` (int64, float32) are the time map of
+    :func:`tympan.augment.ops._frame_map`, ``lo`` non-decreasing along ``k``.
     See :func:`tympan.augment.ops.phase_vocoder`.
     """
     n_clips, n_frames, n_bins = re.shape
@@ -79,11 +78,9 @@ def vocoder_frames(re, im, rate, centre, out_re, out_im):  # pragma: no cover - 
             ph_im[f] = i0[f] / mag_a[f]
         prev = -1
         for k in range(n_frames):
-            pos = max((k - centre) * rate[b] + centre, 0.0)
-            l = int(pos)  # floor: pos >= 0
-            frac = np.float32(pos - l)
-            wl = np.float32(1.0) - frac if l < n_frames else np.float32(0.0)
-            wh = frac if l + 1 < n_frames else np.float32(0.0)
+            l = lo[b, k]
+            wl = w_lo[b, k]
+            wh = w_hi[b, k]
             if l != prev:  # a new input frame: its magnitudes and phase step
                 prev = l
                 ra = min(l, n_frames - 1)

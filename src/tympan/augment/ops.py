@@ -33,6 +33,8 @@ FADE_SHAPES = ("linear", "log", "exp")
 # normalisation, and half-overlap is the fewest frames (~T bins per clip) that reconstructs.
 VOCODER_N_FFT = 512
 VOCODER_HOP = VOCODER_N_FFT // 2
+#: frame ``k`` of :func:`_stft` is centred on sample ``(k - VOCODER_CENTRE) * hop``
+VOCODER_CENTRE = (VOCODER_N_FFT // 2 - VOCODER_HOP) / VOCODER_HOP
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,27 +184,12 @@ def _stft(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x [B, T]`` -> ``spec [B, K, F]``, zero-padded so that every sample lies under the same
     number of frames (``N / hop``); :func:`_istft` inverts it exactly. Also returns the windowed
     frames ``[B, K, N]``, whose memory :func:`_istft` can reuse."""
-    b, t = x.shape
-    n, hop = VOCODER_N_FFT, VOCODER_HOP
-    lead = n - hop  # a whole number of hops: frame k starts at clip sample (k - k0) hop
-    k0 = lead // hop
-    n_frames = (lead + t - 1) // hop + 1
-    window = _vocoder_window(x.device, x.dtype)
-    if t < n:  # short clip: every frame reaches past an end
-        right = (n_frames - 1) * hop + n - t - lead
-        frames = torch.nn.functional.pad(x, (lead, right)).unfold(1, n, hop) * window
-        return torch.fft.rfft(frames, dim=2), frames
-    # frames inside the clip are windowed straight from it (no padded copy of the clip); only
-    # the k0 frames before it and the few reaching past its end come from small padded pieces
-    inner = (t - n) // hop + 1
-    frames = torch.empty(b, n_frames, n, dtype=x.dtype, device=x.device)
-    torch.mul(x.unfold(1, n, hop)[:, :inner], window, out=frames[:, k0 : k0 + inner])
-    head = torch.nn.functional.pad(x[:, : n - hop], (lead, 0)).unfold(1, n, hop)
-    torch.mul(head, window, out=frames[:, :k0])
-    tail = x[:, inner * hop :]
-    length = (n_frames - k0 - inner - 1) * hop + n
-    tail = torch.nn.functional.pad(tail, (0, length - tail.shape[1])).unfold(1, n, hop)
-    torch.mul(tail, window, out=frames[:, k0 + inner :])
+    t = x.shape[1]
+    lead = VOCODER_N_FFT - VOCODER_HOP
+    n_frames = (lead + t - 1) // VOCODER_HOP + 1
+    right = (n_frames - 1) * VOCODER_HOP + VOCODER_N_FFT - t - lead
+    padded = torch.nn.functional.pad(x, (lead, right))
+    frames = padded.unfold(1, VOCODER_N_FFT, VOCODER_HOP) * _vocoder_window(x.device, x.dtype)
     return torch.fft.rfft(frames, dim=2), frames
 
 
@@ -213,9 +200,9 @@ def _fused(x: torch.Tensor) -> bool:
 
 
 def _istft(spec: torch.Tensor, t: int, frames: torch.Tensor | None = None) -> torch.Tensor:
-    """Inverse of :func:`_stft`: windowed overlap-add cropped to ``t`` samples (written through
-    ``frames`` if given). The squared window sums to ``N / (2 hop)`` under every sample, the only
-    normalisation needed."""
+    """Inverse of :func:`_stft`: windowed overlap-add cropped to ``t`` samples (the inverse FFT
+    written through ``frames`` if given). The squared window sums to ``N / (2 hop)`` under every
+    sample, the only normalisation needed."""
     frames = torch.fft.irfft(spec, n=VOCODER_N_FFT, dim=2, out=frames)
     hop, overlap = VOCODER_HOP, VOCODER_N_FFT // VOCODER_HOP
     frames.mul_(_synthesis_window(spec.device, frames.dtype))
@@ -295,25 +282,20 @@ def phase_vocoder(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     """
     t = x.shape[1]
     spec, frames = _stft(x)  # [B, K, F]
-    rate64 = rate.to(torch.float64)
+    lo, w_lo, w_hi = _frame_map(rate.to(torch.float64), spec.shape[1], x.dtype)
     if _fused(x):
         from tympan.augment.kernels import vocoder_frames
 
-        # real and imaginary planes in, planes out: the loop vectorises over bins; it computes
-        # the time map of :func:`_frame_map` itself, frame by frame
+        # real and imaginary planes in, planes out: the loop vectorises over bins
         planes = torch.view_as_real(spec).permute(3, 0, 1, 2).contiguous()
         out = torch.empty_like(planes)
         re, im = planes.numpy()
         out_re, out_im = out.numpy()
-        vocoder_frames(re, im, rate64.numpy(), VOCODER_CENTRE, out_re, out_im)
+        vocoder_frames(re, im, lo.numpy(), w_lo.numpy(), w_hi.numpy(), out_re, out_im)
         out = torch.complex(out[0], out[1], out=spec)
     else:
-        out = _vocoder_frames(spec, *_frame_map(rate64, spec.shape[1], x.dtype))
+        out = _vocoder_frames(spec, lo, w_lo, w_hi)
     return _istft(out, t, frames)
-
-
-#: frame ``k`` of :func:`_stft` is centred on sample ``(k - VOCODER_CENTRE) * hop``
-VOCODER_CENTRE = (VOCODER_N_FFT // 2 - VOCODER_HOP) / VOCODER_HOP
 
 
 def _frame_map(

@@ -14,7 +14,6 @@ two run at once in two threads (:meth:`ViewPipeline._views_cpu`).
 
 from __future__ import annotations
 
-import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -23,10 +22,6 @@ import torch
 from tympan.augment.ops import AugmentOp, build_op, copy_rows_
 from tympan.config import AugmentConfig
 from tympan.errors import ConfigError
-
-
-#: Python's thread switch interval (s) while the two views are made in two threads
-GIL_SWITCH_INTERVAL = 0.001
 
 
 @dataclass
@@ -98,21 +93,20 @@ class ViewPipeline:
         every clip with an op at that position is overwritten, the others are copied over);
         later positions transform that batch in place.
         """
-        out = torch.empty_like(x)
         groups = self._groups(order)
-        for p in range(order.shape[1]):
+        if not groups:  # no op positions at all
+            return x.clone()
+        out = torch.empty_like(x)
+        idle = groups[0][0]  # clips with no op at all keep their input
+        if idle.numel():
+            copy_rows_(out, idle, x.index_select(0, idle))
+        for p, position in enumerate(groups):
             src = x if p == 0 else out
-            if p == 0 and groups[0][0].numel():  # clips with no op at all keep their input
-                copy_rows_(out, groups[0][0], x.index_select(0, groups[0][0]))
-            for j, op in enumerate(self.ops):
-                idx = groups[p][j + 1]
+            for op, idx in zip(self.ops, position[1:]):
                 if idx.numel() == 0:
                     continue
-                sub = src.index_select(0, idx)
                 params = op.sample(idx.numel(), x.shape[1], g, x.device)
-                copy_rows_(out, idx, op.apply(sub, params))
-        if order.shape[1] == 0:
-            out.copy_(x)
+                copy_rows_(out, idx, op.apply(src.index_select(0, idx), params))
         return out
 
     def _groups(self, order: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
@@ -159,17 +153,11 @@ class ViewPipeline:
 
         worker = threading.Thread(target=second, name="tympan-view2", daemon=True)
         torch.set_num_threads(per_pass)
-        # Both threads alternate short Python stretches with GIL-free torch calls; a thread
-        # back from a call waits for the other to release the GIL, up to the switch interval.
-        # A shorter interval while the two run cuts those waits (about 5% of the call).
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch, GIL_SWITCH_INTERVAL))
         try:
             worker.start()
             v1 = self.apply(x1, order, gens[0])
         finally:
             worker.join()
-            sys.setswitchinterval(switch)
             torch.set_num_threads(threads)
         if "error" in result:
             raise result["error"]  # type: ignore[misc]

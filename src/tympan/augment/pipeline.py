@@ -132,7 +132,7 @@ class ViewPipeline:
         Mersenne Twister), the vocoder loop (:mod:`tympan.augment.kernels`) and the Python
         between ops. One pass over both views with parallel ops leaves cores idle through all
         of that; two independent passes at once keep them busy (``benchmarks/augment_views.py``:
-        0.088 s instead of 0.14 s on 2 cores). The views depend only on ``g``, not on which
+        0.076 s instead of 0.13 s on 2 cores). The views depend only on ``g``, not on which
         pass finishes first, and are the same with one torch thread as with two (with more,
         torch's parallel reductions may round differently, as anywhere in torch).
         """

@@ -65,3 +65,30 @@ def test_min_max_ops_and_config_errors() -> None:
         _pipe(ops=["fade", "fade"])
     with pytest.raises(ConfigError, match=r"augment\.params\.white_noise"):
         _pipe(ops=["fade"], params={"white_noise": {"snr_db": [3, 30]}})
+
+
+def test_schedule_runs_each_clips_ops_once_in_its_order() -> None:
+    ops = ["pitch_shift", "fade", "white_noise", "mixed_noise", "time_mask", "time_shift",
+           "time_stretch"]
+    pipe = _pipe(ops=ops, min_ops=0)
+    order = pipe.sample_order(64, torch.Generator().manual_seed(3), torch.device("cpu"))
+    rounds = pipe.schedule(order)
+    done: list[list[int]] = [[] for _ in range(64)]
+    for j, clips, fresh in rounds:
+        assert clips.numel() > 0 and torch.all(clips[1:] > clips[:-1])  # ascending, distinct
+        starting = [i for i, b in enumerate(clips.tolist()) if not done[b]]
+        # ``fresh`` marks exactly the clips taking their first op (None: all of them)
+        assert starting == (list(range(clips.numel())) if fresh is None else fresh.tolist())
+        for b in clips.tolist():
+            done[b].append(j)
+    for b in range(64):
+        assert done[b] == order[b][order[b] >= 0].tolist()  # every op once, in the clip's order
+    # fewer calls than one per (position, op) pair that has clips
+    pairs = {(p, int(order[b, p])) for b in range(64) for p in range(7) if order[b, p] >= 0}
+    assert len(rounds) < len(pairs)
+    # clips with no ops take no round and are copied through
+    x = torch.randn(64, 800)
+    idle = torch.nonzero((order >= 0).sum(1) == 0, as_tuple=True)[0]
+    assert idle.numel() > 0
+    out = pipe.apply(x, order, torch.Generator().manual_seed(0))
+    assert torch.equal(out[idle], x[idle])

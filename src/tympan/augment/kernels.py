@@ -6,9 +6,9 @@ over the spectrum (magnitudes, unit phasors, phase steps, two gathers, a cumulat
 products), several of them on strided real/imaginary views that the CPU kernels do not vectorise;
 it costs several times the FFTs around it. The same arithmetic as one loop per clip, compiled by
 numba (installed with librosa), computes each input frame's magnitudes and phase step only when
-the output reaches it, and keeps the running phase of every bin in one small buffer. It works on the
-real and imaginary parts as separate planes, which the compiler vectorises (interleaved complex
-loads and stores it does not).
+the output reaches it, and keeps the running phase of every bin in one small buffer. It reads and
+writes torch's interleaved complex layout directly and splits each frame it reads into real and
+imaginary planes in small buffers, where the compiler vectorises the arithmetic.
 
 The resampling read is a gather of two neighbours and a blend per output sample; in torch that
 takes float64 positions and int64 indices the size of the batch, here one pass.
@@ -30,10 +30,18 @@ _TINY = np.float32(1e-18)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _load(z, re, im):  # pragma: no cover - compiled
+    """Split one frame of interleaved complex values ``z [2F]`` into planes ``re, im [F]``,
+    adding the silent-bin offset to the real part."""
+    for f in range(re.shape[0]):
+        re[f] = z[2 * f] + _TINY
+        im[f] = z[2 * f + 1]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _magnitude(re, im, out):  # pragma: no cover - compiled
     for f in range(re.shape[0]):
-        r = re[f] + _TINY
-        out[f] = np.sqrt(r * r + im[f] * im[f])
+        out[f] = np.sqrt(re[f] * re[f] + im[f] * im[f])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -43,16 +51,17 @@ def _step(ar, ai, hr, hi, mag_a, mag_h, st_re, st_im):  # pragma: no cover - com
     for f in range(ar.shape[0]):
         inv_a = np.float32(1.0) / mag_a[f]
         inv_h = np.float32(1.0) / mag_h[f]
-        ua_r, ua_i = (ar[f] + _TINY) * inv_a, ai[f] * inv_a
-        uh_r, uh_i = (hr[f] + _TINY) * inv_h, hi[f] * inv_h
+        ua_r, ua_i = ar[f] * inv_a, ai[f] * inv_a
+        uh_r, uh_i = hr[f] * inv_h, hi[f] * inv_h
         st_re[f] = uh_r * ua_r + uh_i * ua_i
         st_im[f] = uh_i * ua_r - uh_r * ua_i
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def vocoder_frames(re, im, lo, w_lo, w_hi, out_re, out_im):  # pragma: no cover - compiled
-    """Phase-vocoder output frames from the input spectrum's planes ``re, im [B, K, F]``
-    (float32), written to ``out_re, out_im [B, K, F]``.
+def vocoder_frames(z, lo, w_lo, w_hi, out):  # pragma: no cover - compiled
+    """Phase-vocoder output frames from the input spectrum ``z [B, K, 2F]`` (float32, the real
+    view of complex64 ``[B, K, F]``: real and imaginary parts interleaved), written to ``out``
+    of the same layout.
 
     Output frame ``k`` of clip ``b`` has magnitude ``w_lo |S[lo]| + w_hi |S[lo + 1]|`` (rows
     clamped to the last frame) and the phase of output frame ``k - 1`` advanced by the phase step
@@ -60,22 +69,27 @@ def vocoder_frames(re, im, lo, w_lo, w_hi, out_re, out_im):  # pragma: no cover 
     0's phase. ``lo, w_lo, w_hi [B, K]`` (int64, float32) are the time map of
     :func:`tympan.augment.ops._frame_map`, ``lo`` non-decreasing along ``k``.
     See :func:`tympan.augment.ops.phase_vocoder`.
+
+    Each input frame the output reaches is split once into real and imaginary planes in small
+    buffers, where the arithmetic vectorises; the output is written interleaved, so the
+    spectrum goes to and from torch's complex layout with no copies.
     """
-    n_clips, n_frames, n_bins = re.shape
-    ph_re = np.empty(n_bins, dtype=np.float32)  # running unit phasor per bin
-    ph_im = np.empty(n_bins, dtype=np.float32)
-    mag_a = np.empty(n_bins, dtype=np.float32)  # |S| of the two frames read
-    mag_h = np.empty(n_bins, dtype=np.float32)
-    st_re = np.empty(n_bins, dtype=np.float32)  # phase step m -> m + 1
-    st_im = np.empty(n_bins, dtype=np.float32)
-    step_a = np.empty(n_bins, dtype=np.float32)  # |S| of frames m, m + 1 past the last step
+    n_clips, n_frames, width = z.shape
+    n_bins = width // 2
+    buf = np.empty((14, n_bins), dtype=np.float32)
+    ph_re, ph_im = buf[0], buf[1]  # running unit phasor per bin
+    ar, ai, hr, hi = buf[2], buf[3], buf[4], buf[5]  # the two frames read
+    mag_a, mag_h = buf[6], buf[7]  # their |S|
+    st_re, st_im = buf[8], buf[9]  # phase step m -> m + 1
+    mr, mi, nr, ni = buf[10], buf[11], buf[12], buf[13]  # frames m, m + 1 past the last step
+    step_a = np.empty(n_bins, dtype=np.float32)
     step_h = np.empty(n_bins, dtype=np.float32)
     for b in range(n_clips):
-        _magnitude(re[b, 0], im[b, 0], mag_a)
-        r0, i0 = re[b, 0], im[b, 0]
+        _load(z[b, 0], ar, ai)
+        _magnitude(ar, ai, mag_a)
         for f in range(n_bins):
-            ph_re[f] = (r0[f] + _TINY) / mag_a[f]
-            ph_im[f] = i0[f] / mag_a[f]
+            ph_re[f] = ar[f] / mag_a[f]
+            ph_im[f] = ai[f] / mag_a[f]
         prev = -1
         for k in range(n_frames):
             l = lo[b, k]
@@ -86,24 +100,25 @@ def vocoder_frames(re, im, lo, w_lo, w_hi, out_re, out_im):  # pragma: no cover 
                 ra = min(l, n_frames - 1)
                 rh = min(l + 1, n_frames - 1)
                 m = min(l, n_frames - 2)
-                _magnitude(re[b, ra], im[b, ra], mag_a)
-                _magnitude(re[b, rh], im[b, rh], mag_h)
+                _load(z[b, ra], ar, ai)
+                _load(z[b, rh], hr, hi)
+                _magnitude(ar, ai, mag_a)
+                _magnitude(hr, hi, mag_h)
                 if m == ra:  # the step's frames are the magnitudes' (all but the last frame)
-                    _step(re[b, m], im[b, m], re[b, m + 1], im[b, m + 1], mag_a, mag_h,
-                          st_re, st_im)
+                    _step(ar, ai, hr, hi, mag_a, mag_h, st_re, st_im)
                 else:
-                    _magnitude(re[b, m], im[b, m], step_a)
-                    _magnitude(re[b, m + 1], im[b, m + 1], step_h)
-                    _step(re[b, m], im[b, m], re[b, m + 1], im[b, m + 1], step_a, step_h,
-                          st_re, st_im)
-            o_re = out_re[b, k]
-            o_im = out_im[b, k]
+                    _load(z[b, m], mr, mi)
+                    _load(z[b, m + 1], nr, ni)
+                    _magnitude(mr, mi, step_a)
+                    _magnitude(nr, ni, step_h)
+                    _step(mr, mi, nr, ni, step_a, step_h, st_re, st_im)
+            o = out[b, k]
             for f in range(n_bins):
                 g = wl * mag_a[f] + wh * mag_h[f]
                 pr = ph_re[f]
                 pi = ph_im[f]
-                o_re[f] = g * pr
-                o_im[f] = g * pi
+                o[2 * f] = g * pr
+                o[2 * f + 1] = g * pi
                 ph_re[f] = pr * st_re[f] - pi * st_im[f]
                 ph_im[f] = pr * st_im[f] + pi * st_re[f]
 

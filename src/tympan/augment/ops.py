@@ -148,23 +148,31 @@ def fade(
     """Fade in over the first ``fade_in[b]`` samples and out over the last ``fade_out[b]``.
 
     ``shape[b]`` indexes :data:`FADE_SHAPES`. Shapes: ``x [B, T]``, others ``[B]``.
+
+    The gain is 1 outside the fades, so only the head of the batch (as long as its longest
+    fade-in) and its tail (its longest fade-out) are computed and multiplied; where a clip's
+    fades overlap, both gains apply.
     """
     t = x.shape[1]
-    pos = torch.arange(t, device=x.device, dtype=x.dtype)
+    out = x.clone()
 
-    def progress(length: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        # steps / length, or 1 throughout where there is no fade (length 0); clamped to [0, 1]
+    def gain(length: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        # progress steps / length, or 1 throughout where there is no fade (length 0), clamped
+        # to [0, 1], through the clip's curve
         n = length.to(x.dtype).unsqueeze(1)
         none = (n <= 0).to(x.dtype)
-        return torch.addcmul(none, steps, (1.0 - none) / n.clamp_min(1.0)).clamp_(max=1.0)
+        progress = torch.addcmul(none, steps, (1.0 - none) / n.clamp_min(1.0)).clamp_(max=1.0)
+        return _fade_curve_(progress, shape)
 
-    p_in = progress(fade_in, pos)
-    p_out = progress(fade_out, (t - 1) - pos)
-    if bool((fade_in + fade_out > t).any()):  # overlapping fades: both gains at some samples
-        return _fade_curve_(p_in, shape).mul_(_fade_curve_(p_out, shape)).mul_(x)
-    # Otherwise at every sample one progress is exactly 1, whose gain is exactly 1 for every
-    # shape, so one curve of the smaller progress is the same product at half the cost.
-    return _fade_curve_(torch.minimum(p_in, p_out, out=p_in), shape).mul_(x)
+    head = int(fade_in.clamp(0, t).max()) if fade_in.numel() else 0
+    if head:
+        steps = torch.arange(head, device=x.device, dtype=x.dtype)  # samples since the start
+        out[:, :head].mul_(gain(fade_in, steps))
+    tail = int(fade_out.clamp(0, t).max()) if fade_out.numel() else 0
+    if tail:
+        steps = torch.arange(tail - 1, -1, -1, device=x.device, dtype=x.dtype)  # ... to the end
+        out[:, t - tail :].mul_(gain(fade_out, steps))
+    return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -180,17 +188,16 @@ def _synthesis_window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return _vocoder_window(device, dtype) * (2.0 * VOCODER_HOP / VOCODER_N_FFT)
 
 
-def _stft(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _stft(x: torch.Tensor) -> torch.Tensor:
     """``x [B, T]`` -> ``spec [B, K, F]``, zero-padded so that every sample lies under the same
-    number of frames (``N / hop``); :func:`_istft` inverts it exactly. Also returns the windowed
-    frames ``[B, K, N]``, whose memory :func:`_istft` can reuse."""
+    number of frames (``N / hop``); :func:`_istft` inverts it exactly."""
     t = x.shape[1]
     lead = VOCODER_N_FFT - VOCODER_HOP
     n_frames = (lead + t - 1) // VOCODER_HOP + 1
     right = (n_frames - 1) * VOCODER_HOP + VOCODER_N_FFT - t - lead
     padded = torch.nn.functional.pad(x, (lead, right))
     frames = padded.unfold(1, VOCODER_N_FFT, VOCODER_HOP) * _vocoder_window(x.device, x.dtype)
-    return torch.fft.rfft(frames, dim=2), frames
+    return torch.fft.rfft(frames, dim=2)
 
 
 def _fused(x: torch.Tensor) -> bool:
@@ -199,11 +206,11 @@ def _fused(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32
 
 
-def _istft(spec: torch.Tensor, t: int, frames: torch.Tensor | None = None) -> torch.Tensor:
-    """Inverse of :func:`_stft`: windowed overlap-add cropped to ``t`` samples (the inverse FFT
-    written through ``frames`` if given). The squared window sums to ``N / (2 hop)`` under every
-    sample, the only normalisation needed."""
-    frames = torch.fft.irfft(spec, n=VOCODER_N_FFT, dim=2, out=frames)
+def _istft(spec: torch.Tensor, t: int) -> torch.Tensor:
+    """Inverse of :func:`_stft`: windowed overlap-add cropped to ``t`` samples. The squared
+    window sums to ``N / (2 hop)`` under every sample, the only normalisation needed. (The
+    inverse FFT gets a new tensor: written through ``out=`` it costs one more copy on the CPU.)"""
+    frames = torch.fft.irfft(spec, n=VOCODER_N_FFT, dim=2)
     hop, overlap = VOCODER_HOP, VOCODER_N_FFT // VOCODER_HOP
     frames.mul_(_synthesis_window(spec.device, frames.dtype))
     b, k, _ = frames.shape
@@ -281,21 +288,18 @@ def phase_vocoder(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     from :func:`_vocoder_frames`. Shapes: ``x [B, T]``, ``rate [B]``.
     """
     t = x.shape[1]
-    spec, frames = _stft(x)  # [B, K, F]
+    spec = _stft(x)  # [B, K, F]
     lo, w_lo, w_hi = _frame_map(rate.to(torch.float64), spec.shape[1], x.dtype)
     if _fused(x):
         from tympan.augment.kernels import vocoder_frames
 
-        # real and imaginary planes in, planes out: the loop vectorises over bins
-        planes = torch.view_as_real(spec).permute(3, 0, 1, 2).contiguous()
-        out = torch.empty_like(planes)
-        re, im = planes.numpy()
-        out_re, out_im = out.numpy()
-        vocoder_frames(re, im, lo.numpy(), w_lo.numpy(), w_hi.numpy(), out_re, out_im)
-        out = torch.complex(out[0], out[1], out=spec)
+        # the complex spectra as interleaved float32 [B, K, 2F], in and out
+        out = torch.empty_like(spec)
+        vocoder_frames(torch.view_as_real(spec).flatten(2).numpy(), lo.numpy(), w_lo.numpy(),
+                       w_hi.numpy(), torch.view_as_real(out).flatten(2).numpy())
     else:
         out = _vocoder_frames(spec, lo, w_lo, w_hi)
-    return _istft(out, t, frames)
+    return _istft(out, t)
 
 
 def _frame_map(

@@ -40,6 +40,25 @@ def test_compiled_vocoder_equals_the_torch_formulation(rate: float, monkeypatch)
     assert fused[1].abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("length", [3000, 8000, 19123])
+def test_compiled_vocoder_with_length_and_cutoff_equals_the_torch_formulation(
+    length: int, monkeypatch
+) -> None:
+    g = torch.Generator().manual_seed(2)
+    x = 0.3 * torch.randn(4, 8000, generator=g)
+    rates = torch.tensor([0.42, 0.8, 1.0, 1.9])
+    cutoff = torch.tensor([0.42, 1.0, 0.5, 0.9])
+    fused = ops.phase_vocoder(x, rates, length=length, cutoff=cutoff)
+    assert fused.shape == (4, length)
+    _torch_path(monkeypatch)
+    reference = ops.phase_vocoder(x, rates, length=length, cutoff=cutoff)
+    torch.testing.assert_close(fused, reference, atol=2e-5, rtol=1e-4)
+    # past each clip's stretched end (8000 / rate samples, plus a frame) the output is silent
+    end = int(8000 / 1.9) + ops.VOCODER_N_FFT
+    if length > end:
+        assert (fused[3, end:] == 0).all()
+
+
 def test_compiled_resampling_read_equals_the_torch_formulation(monkeypatch) -> None:
     g = torch.Generator().manual_seed(5)
     x = torch.randn(6, 3001, generator=g)
@@ -49,6 +68,11 @@ def test_compiled_resampling_read_equals_the_torch_formulation(monkeypatch) -> N
     assert (fused[5, 3001 // 7 + 1 :] == 0).all()  # past the end: silence
     _torch_path(monkeypatch)
     torch.testing.assert_close(fused, ops._read(x, ratio), atol=1e-6, rtol=1e-5)
+    # another output length: the same reads, cut or zero-padded
+    monkeypatch.undo()
+    longer = ops._read(x, ratio, length=4000)
+    assert longer.shape == (6, 4000) and torch.equal(longer[:, :3001], fused)
+    assert (longer[0, 3001:] == 0).all()
 
 
 def test_pitch_shift_is_the_same_on_both_paths(monkeypatch) -> None:

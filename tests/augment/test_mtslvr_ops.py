@@ -70,6 +70,19 @@ def test_pitch_shift_moves_the_dominant_frequency_by_two_to_the_n_over_12() -> N
     assert measured[1] == pytest.approx(220.0, rel=0.02)
 
 
+def test_pitch_shift_up_does_not_alias() -> None:
+    # a 7 kHz tone an octave up lies above Nyquist (8 kHz): it must vanish, not fold to 2 kHz
+    x = _tone(7000.0, SR, b=1)
+    y = pitch_shift(x, torch.tensor([12.0]))
+    spec = torch.fft.rfft(y[0] * torch.hann_window(y.shape[1]))
+    hz = torch.fft.rfftfreq(y.shape[1], 1.0 / SR)
+    near_alias = spec.abs()[(hz > 1900) & (hz < 2100)].max()
+    assert near_alias < 1e-3 * torch.fft.rfft(x[0] * torch.hann_window(x.shape[1])).abs().max()
+    # while a 3 kHz tone an octave up is kept, at 6 kHz
+    assert _dominant_hz(pitch_shift(_tone(3000.0, SR, b=1), torch.tensor([12.0])))[0] == \
+        pytest.approx(6000.0, rel=0.02)
+
+
 def test_pitch_shift_by_zero_keeps_the_clip_and_keeps_loudness_of_a_tone() -> None:
     x = _tone(440.0, 8000, b=3)
     same = pitch_shift(x, torch.zeros(3))

@@ -58,43 +58,52 @@ def _step(ar, ai, hr, hi, mag_a, mag_h, st_re, st_im):  # pragma: no cover - com
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def vocoder_frames(z, lo, w_lo, w_hi, out):  # pragma: no cover - compiled
+def vocoder_frames(z, lo, w_lo, w_hi, keep, out):  # pragma: no cover - compiled
     """Phase-vocoder output frames from the input spectrum ``z [B, K, 2F]`` (float32, the real
-    view of complex64 ``[B, K, F]``: real and imaginary parts interleaved), written to ``out``
-    of the same layout.
+    view of complex64 ``[B, K, F]``: real and imaginary parts interleaved), written to ``out
+    [B, K_out, 2F]`` of the same layout; bins from ``keep[b]`` up are zero.
 
     Output frame ``k`` of clip ``b`` has magnitude ``w_lo |S[lo]| + w_hi |S[lo + 1]|`` (rows
     clamped to the last frame) and the phase of output frame ``k - 1`` advanced by the phase step
     of input frames ``m -> m + 1``, ``m = min(lo[b, k - 1], K - 2)``; frame 0 takes input frame
-    0's phase. ``lo, w_lo, w_hi [B, K]`` (int64, float32) are the time map of
-    :func:`tympan.augment.ops._frame_map`, ``lo`` non-decreasing along ``k``.
-    See :func:`tympan.augment.ops.phase_vocoder`.
+    0's phase. ``lo, w_lo, w_hi [B, K_out]`` (int64, float32) are the time map of
+    :func:`tympan.augment.ops._frame_map`, ``lo`` non-decreasing along ``k``; ``keep [B]``
+    int64. See :func:`tympan.augment.ops.phase_vocoder`.
 
     Each input frame the output reaches is split once into real and imaginary planes in small
     buffers, where the arithmetic vectorises; the output is written interleaved, so the
-    spectrum goes to and from torch's complex layout with no copies.
+    spectrum goes to and from torch's complex layout with no copies. Frames past the clip's end
+    (both weights zero, and so every later frame) are written as zeros without arithmetic.
     """
     n_clips, n_frames, width = z.shape
+    n_out = lo.shape[1]
     n_bins = width // 2
     buf = np.empty((14, n_bins), dtype=np.float32)
-    ph_re, ph_im = buf[0], buf[1]  # running unit phasor per bin
-    ar, ai, hr, hi = buf[2], buf[3], buf[4], buf[5]  # the two frames read
-    mag_a, mag_h = buf[6], buf[7]  # their |S|
-    st_re, st_im = buf[8], buf[9]  # phase step m -> m + 1
-    mr, mi, nr, ni = buf[10], buf[11], buf[12], buf[13]  # frames m, m + 1 past the last step
     step_a = np.empty(n_bins, dtype=np.float32)
     step_h = np.empty(n_bins, dtype=np.float32)
     for b in range(n_clips):
+        kb = keep[b]
+        ph_re, ph_im = buf[0, :kb], buf[1, :kb]  # running unit phasor per bin
+        ar, ai, hr, hi = buf[2, :kb], buf[3, :kb], buf[4, :kb], buf[5, :kb]  # frames read
+        mag_a, mag_h = buf[6, :kb], buf[7, :kb]  # their |S|
+        st_re, st_im = buf[8, :kb], buf[9, :kb]  # phase step m -> m + 1
+        mr, mi, nr, ni = buf[10, :kb], buf[11, :kb], buf[12, :kb], buf[13, :kb]
+        sa, sh = step_a[:kb], step_h[:kb]  # |S| of frames m, m + 1 past the last step
         _load(z[b, 0], ar, ai)
         _magnitude(ar, ai, mag_a)
-        for f in range(n_bins):
+        for f in range(kb):
             ph_re[f] = ar[f] / mag_a[f]
             ph_im[f] = ai[f] / mag_a[f]
         prev = -1
-        for k in range(n_frames):
+        for k in range(n_out):
+            o = out[b, k]
             l = lo[b, k]
             wl = w_lo[b, k]
             wh = w_hi[b, k]
+            if wl == 0.0 and wh == 0.0 and l >= n_frames - 1:  # past the end: silent from here
+                for r in range(k, n_out):
+                    out[b, r, :] = 0.0
+                break
             if l != prev:  # a new input frame: its magnitudes and phase step
                 prev = l
                 ra = min(l, n_frames - 1)
@@ -109,11 +118,10 @@ def vocoder_frames(z, lo, w_lo, w_hi, out):  # pragma: no cover - compiled
                 else:
                     _load(z[b, m], mr, mi)
                     _load(z[b, m + 1], nr, ni)
-                    _magnitude(mr, mi, step_a)
-                    _magnitude(nr, ni, step_h)
-                    _step(mr, mi, nr, ni, step_a, step_h, st_re, st_im)
-            o = out[b, k]
-            for f in range(n_bins):
+                    _magnitude(mr, mi, sa)
+                    _magnitude(nr, ni, sh)
+                    _step(mr, mi, nr, ni, sa, sh, st_re, st_im)
+            for f in range(kb):
                 g = wl * mag_a[f] + wh * mag_h[f]
                 pr = ph_re[f]
                 pi = ph_im[f]
@@ -121,19 +129,22 @@ def vocoder_frames(z, lo, w_lo, w_hi, out):  # pragma: no cover - compiled
                 o[2 * f + 1] = g * pi
                 ph_re[f] = pr * st_re[f] - pi * st_im[f]
                 ph_im[f] = pr * st_im[f] + pi * st_re[f]
+            o[2 * kb :] = 0.0
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def read_linear(x, ratio, out):  # pragma: no cover - compiled
-    """``out[b, m] = x_b(m * ratio[b])`` for ``x, out [B, T]`` float32, ``ratio [B]`` float64:
-    linear interpolation between the two neighbouring samples, zero at and past the end. The
-    compiled form of :func:`tympan.augment.ops._read` (one pass, no ``[B, T]`` index tensors)."""
+    """``out[b, m] = x_b(m * ratio[b])`` for ``x [B, T]``, ``out [B, T_out]`` float32, ``ratio
+    [B]`` float64: linear interpolation between the two neighbouring samples, zero at and past
+    the end. The compiled form of :func:`tympan.augment.ops._read` (one pass, no index
+    tensors)."""
     n_clips, n = x.shape
+    n_out = out.shape[1]
     for b in range(n_clips):
         r = ratio[b]
         xb = x[b]
         ob = out[b]
-        for m in range(n):
+        for m in range(n_out):
             pos = m * r
             lo = int(pos)  # floor: pos >= 0
             if lo >= n:

@@ -188,12 +188,17 @@ def _synthesis_window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return _vocoder_window(device, dtype) * (2.0 * VOCODER_HOP / VOCODER_N_FFT)
 
 
+def _n_frames(t: int) -> int:
+    """The number of :func:`_stft` frames of a ``t``-sample signal."""
+    return (VOCODER_N_FFT - VOCODER_HOP + t - 1) // VOCODER_HOP + 1
+
+
 def _stft(x: torch.Tensor) -> torch.Tensor:
     """``x [B, T]`` -> ``spec [B, K, F]``, zero-padded so that every sample lies under the same
     number of frames (``N / hop``); :func:`_istft` inverts it exactly."""
     t = x.shape[1]
     lead = VOCODER_N_FFT - VOCODER_HOP
-    n_frames = (lead + t - 1) // VOCODER_HOP + 1
+    n_frames = _n_frames(t)
     right = (n_frames - 1) * VOCODER_HOP + VOCODER_N_FFT - t - lead
     padded = torch.nn.functional.pad(x, (lead, right))
     frames = padded.unfold(1, VOCODER_N_FFT, VOCODER_HOP) * _vocoder_window(x.device, x.dtype)
@@ -235,12 +240,19 @@ def _istft(spec: torch.Tensor, t: int) -> torch.Tensor:
 
 
 def _vocoder_frames(
-    spec: torch.Tensor, lo: torch.Tensor, w_lo: torch.Tensor, w_hi: torch.Tensor
+    spec: torch.Tensor,
+    lo: torch.Tensor,
+    w_lo: torch.Tensor,
+    w_hi: torch.Tensor,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The phase vocoder's output frames in torch (the reference formulation, and the path on
-    devices other than the CPU); :func:`tympan.augment.kernels.vocoder_frames` computes the
-    same frames in one compiled pass. Overwrites ``spec``, whose memory holds the result."""
+    """The phase vocoder's output frames ``[B, K_out, F]`` in torch (the reference formulation,
+    and the path on devices other than the CPU) from the input spectrum ``spec [B, K, F]`` and
+    the time map ``lo, w_lo, w_hi [B, K_out]`` of :func:`_frame_map`; bins from ``keep[b]`` up
+    are zero (all kept if ``None``). :func:`tympan.augment.kernels.vocoder_frames` computes the
+    same frames in one compiled pass. Overwrites ``spec``."""
     b, n_frames, n_bins = spec.shape
+    n_out = lo.shape[1]
     # The tiny real offset gives a silent bin phase 0 instead of 0/0, so silence cannot zero the
     # phasor product; it is far below any audible level, and its square is a normal float32.
     re_im = torch.view_as_real(spec.add_(1e-18))
@@ -260,21 +272,26 @@ def _vocoder_frames(
     flat = mag.view(b * n_frames, n_bins)
     lo_rows = (rows + lo.clamp(max=n_frames - 1)).view(-1)
     hi_rows = (rows + (lo + 1).clamp(max=n_frames - 1)).view(-1)
-    out_mag = torch.index_select(flat, 0, lo_rows, out=inv_mag.view(b * n_frames, n_bins))
-    out_mag = out_mag.view(b, n_frames, n_bins).mul_(w_lo.unsqueeze(2))
-    out_mag.addcmul_(flat.index_select(0, hi_rows).view(b, n_frames, n_bins), w_hi.unsqueeze(2))
+    out_mag = flat.index_select(0, lo_rows).view(b, n_out, n_bins).mul_(w_lo.unsqueeze(2))
+    out_mag.addcmul_(flat.index_select(0, hi_rows).view(b, n_out, n_bins), w_hi.unsqueeze(2))
+    if keep is not None:
+        bins = torch.arange(n_bins, device=spec.device)
+        out_mag.mul_((bins < keep.unsqueeze(1)).unsqueeze(1))
     # output frame 0 takes frame 0's phase; output frame k + 1 advances by the input advance
     # from frame floor(t_k) to floor(t_k) + 1
     step_rows = torch.cat((rows, rows + 1 + lo[:, :-1].clamp(max=n_frames - 2)), dim=1)
-    out = torch.index_select(
-        steps.view(b * n_frames, n_bins), 0, step_rows.view(-1), out=spec.view(b * n_frames, n_bins)
-    )
-    out = out.view(b, n_frames, n_bins).cumprod_(dim=1)
+    out = steps.view(b * n_frames, n_bins).index_select(0, step_rows.view(-1))
+    out = out.view(b, n_out, n_bins).cumprod_(dim=1)
     torch.view_as_real(out).mul_(out_mag.unsqueeze(3))
     return out
 
 
-def phase_vocoder(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+def phase_vocoder(
+    x: torch.Tensor,
+    rate: torch.Tensor,
+    length: int | None = None,
+    cutoff: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Change each clip's tempo by ``rate[b]`` keeping its pitch (librosa's phase vocoder, batched
     with a rate per clip). Output sample ``n`` follows input sample ``n * rate[b]``.
 
@@ -283,33 +300,42 @@ def phase_vocoder(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     frames ``floor(t)`` and ``floor(t) + 1``, and its phase is the previous output frame's phase
     advanced by the phase difference between those two input frames. Phases are carried as unit
     phasors, so accumulating them is a product over frames (no angles, sines or cosines).
-    Frames read past the clip's end are silent. The output has the input's length ``T``.
+    Frames read past the clip's end are silent. The output is ``length`` samples long (default
+    the input's ``T``). With ``cutoff [B]`` the output frames keep only the bins below
+    ``cutoff[b]`` times Nyquist (the anti-aliasing of :func:`pitch_shift`, at no cost: the
+    frames are synthesised anyway).
     On the CPU the frames come from one compiled pass (:mod:`tympan.augment.kernels`), elsewhere
     from :func:`_vocoder_frames`. Shapes: ``x [B, T]``, ``rate [B]``.
     """
-    t = x.shape[1]
+    n_out = x.shape[1] if length is None else length
     spec = _stft(x)  # [B, K, F]
-    lo, w_lo, w_hi = _frame_map(rate.to(torch.float64), spec.shape[1], x.dtype)
+    n_bins = spec.shape[2]
+    lo, w_lo, w_hi = _frame_map(rate.to(torch.float64), spec.shape[1], _n_frames(n_out), x.dtype)
+    keep = None
+    if cutoff is not None:  # bins k < cutoff (F - 1): below cutoff x Nyquist
+        keep = torch.ceil(cutoff.to(torch.float64) * (n_bins - 1)).long().clamp_(1, n_bins)
     if _fused(x):
         from tympan.augment.kernels import vocoder_frames
 
         # the complex spectra as interleaved float32 [B, K, 2F], in and out
-        out = torch.empty_like(spec)
+        out = spec.new_empty(spec.shape[0], lo.shape[1], n_bins)
+        every = torch.full((spec.shape[0],), n_bins, dtype=torch.long)
         vocoder_frames(torch.view_as_real(spec).flatten(2).numpy(), lo.numpy(), w_lo.numpy(),
-                       w_hi.numpy(), torch.view_as_real(out).flatten(2).numpy())
+                       w_hi.numpy(), (every if keep is None else keep).numpy(),
+                       torch.view_as_real(out).flatten(2).numpy())
     else:
-        out = _vocoder_frames(spec, lo, w_lo, w_hi)
-    return _istft(out, t)
+        out = _vocoder_frames(spec, lo, w_lo, w_hi, keep)
+    return _istft(out, n_out)
 
 
 def _frame_map(
-    rate: torch.Tensor, n_frames: int, dtype: torch.dtype
+    rate: torch.Tensor, n_frames: int, n_out: int, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Where each output frame of :func:`phase_vocoder` reads: ``lo [B, K]`` (input frame
-    ``floor(t)``, ``t = k * rate`` with the time map anchored at sample 0) and the weights
-    ``w_lo, w_hi [B, K]`` of frames ``lo`` and ``lo + 1``, zero for frames past the clip's end.
-    ``rate [B]`` float64."""
-    k = torch.arange(n_frames, device=rate.device, dtype=torch.float64)
+    """Where each of the ``n_out`` output frames of :func:`phase_vocoder` reads among the
+    ``n_frames`` input frames: ``lo [B, n_out]`` (input frame ``floor(t)``, ``t = k * rate``
+    with the time map anchored at sample 0) and the weights ``w_lo, w_hi [B, n_out]`` of frames
+    ``lo`` and ``lo + 1``, zero for frames past the clip's end. ``rate [B]`` float64."""
+    k = torch.arange(n_out, device=rate.device, dtype=torch.float64)
     pos = ((k - VOCODER_CENTRE) * rate.unsqueeze(1) + VOCODER_CENTRE).clamp_min(0.0)
     lo = pos.long()  # floor, pos >= 0
     frac = (pos - lo).to(dtype)
@@ -326,31 +352,21 @@ def time_stretch(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     return phase_vocoder(x, rate)
 
 
-def _lowpass(x: torch.Tensor, cutoff: torch.Tensor) -> torch.Tensor:
-    """Keep each clip's band below ``cutoff[b]`` times Nyquist (FFT mask, linear taper over the
-    top 2% of the kept band). Shapes: ``x [B, T]``, ``cutoff [B]``."""
-    t = x.shape[1]
-    spec = torch.fft.rfft(x, dim=1)
-    f = torch.linspace(0.0, 1.0, spec.shape[1], device=x.device, dtype=x.dtype)
-    c = cutoff.to(x.dtype).unsqueeze(1)
-    gain = (c - f).div_(0.02 * c).clamp_(0.0, 1.0)
-    return torch.fft.irfft(spec.mul_(gain), n=t, dim=1)
-
-
-def _read(x: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    """Resample by reading ``y[m] = x(m * ratio[b])`` for ``m < T``, interpolating linearly; zero
-    past the clip's end. ``ratio = 1`` returns ``x`` exactly. Anti-aliasing before reading faster
-    than 1 is the caller's (:func:`_lowpass`). On the CPU one compiled loop
+def _read(x: torch.Tensor, ratio: torch.Tensor, length: int | None = None) -> torch.Tensor:
+    """Resample by reading ``y[m] = x(m * ratio[b])`` for ``m < length`` (default ``T``),
+    interpolating linearly; zero at and past the clip's end. ``ratio = 1`` returns ``x`` exactly.
+    Anti-aliasing before reading faster than 1 is the caller's. On the CPU one compiled loop
     (:func:`tympan.augment.kernels.read_linear`). Shapes: ``x [B, T]``, ``ratio [B]``."""
     t = x.shape[1]
+    n_out = t if length is None else length
     if _fused(x):
         from tympan.augment.kernels import read_linear
 
-        out = torch.empty_like(x)
+        out = x.new_empty(x.shape[0], n_out)
         read_linear(x.contiguous().numpy(), ratio.to(torch.float64).numpy(), out.numpy())
         return out
     padded = torch.nn.functional.pad(x, (0, 2))  # reads at or past the end see zeros
-    pos = torch.arange(t, device=x.device, dtype=torch.float64) * ratio.to(torch.float64).unsqueeze(1)
+    pos = torch.arange(n_out, device=x.device, dtype=torch.float64) * ratio.to(torch.float64).unsqueeze(1)
     lo = pos.long().clamp_(max=t)  # floor, pos >= 0
     frac = pos.sub_(lo).to(x.dtype)
     return torch.gather(padded, 1, lo).lerp_(torch.gather(padded[:, 1:], 1, lo), frac)
@@ -360,26 +376,45 @@ def pitch_shift(x: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
     """Transpose each clip by ``semitones[b]`` keeping its length and tempo.
 
     librosa's definition: a :func:`phase_vocoder` stretch by rate ``1 / s`` and a resampling by
-    ``s = 2^(n/12)``, so that the pitch moves by ``s`` and the duration does not. The order is
-    chosen per clip so that no intermediate signal is longer than ``T`` (librosa's order, stretch
-    first, takes a clip shifted up by 15 semitones through 2.4 times its length): a clip shifted
-    up is low-passed to ``1 / s`` of Nyquist, read ``s`` times faster (``T / s`` samples) and then
-    slowed down; a clip shifted down is sped up (``T s`` samples) and then read ``s`` times
-    slower. Each resampling runs once, on the sub-batch of clips shifted in its direction.
-    Shapes: ``x [B, T]``, ``semitones [B]``.
+    ``s = 2^(n/12)``, so that the pitch moves by ``s`` and the duration does not.
+
+    * A clip shifted up is stretched first, as librosa does, to ``s T`` samples, and read ``s``
+      times faster. Its anti-aliasing low-pass (to ``1 / s`` of Nyquist) is applied to the
+      stretched clip's synthesis frames (:func:`phase_vocoder`'s ``cutoff``), so it costs no
+      transform of its own; the frames' overlap-add smooths the cut over about two bins
+      (60 Hz).
+    * A clip shifted down is read ``s`` times slower after the stretch, which needs no
+      low-pass; the stretch speeds it up, so it stays within ``T`` samples throughout, and only
+      the ``s T`` samples the reading reaches are synthesised.
+
+    Each direction is one batched stretch and one resampling of the clips shifted that way (a
+    batch of clips shifted up is stretched to its largest ``s``; each clip's own frames past its
+    end are silent). Shapes: ``x [B, T]``, ``semitones [B]``.
     """
+    t = x.shape[1]
     s = torch.exp2(semitones.to(torch.float64) / 12.0)
-    # each resampling runs on the clips that need it, gathered into one sub-batch
     up = torch.nonzero(s > 1.0, as_tuple=True)[0]
-    down = torch.nonzero(s < 1.0, as_tuple=True)[0]
-    y = x
-    if up.numel():
-        s_up = s.index_select(0, up)
-        y = copy_rows_(x.clone(), up, _read(_lowpass(x.index_select(0, up), 1.0 / s_up), s_up))
-    y = phase_vocoder(y, 1.0 / s)
-    if down.numel():
-        copy_rows_(y, down, _read(y.index_select(0, down), s.index_select(0, down)))
-    return y
+    rest = torch.nonzero(s <= 1.0, as_tuple=True)[0]  # s = 1: the stretch at rate 1 alone
+
+    def shift_up(xs: torch.Tensor, ss: torch.Tensor) -> torch.Tensor:
+        # reading s times faster from the stretched clip reaches sample (T - 1) s at most
+        length = int(math.floor((t - 1) * float(ss.max()))) + 2
+        stretched = phase_vocoder(xs, 1.0 / ss, length=length, cutoff=1.0 / ss)
+        return _read(stretched, ss, length=t)
+
+    def shift_down(xs: torch.Tensor, ss: torch.Tensor) -> torch.Tensor:
+        # reading s <= 1 times slower reaches sample (T - 1) s of the (sped-up) stretch at most
+        length = min(t, int(math.floor((t - 1) * float(ss.max()))) + 2)
+        return _read(phase_vocoder(xs, 1.0 / ss, length=length), ss, length=t)
+
+    if rest.numel() == 0:
+        return shift_up(x, s)
+    if up.numel() == 0:
+        return shift_down(x, s)
+    out = torch.empty_like(x)
+    copy_rows_(out, up, shift_up(x.index_select(0, up), s.index_select(0, up)))
+    copy_rows_(out, rest, shift_down(x.index_select(0, rest), s.index_select(0, rest)))
+    return out
 
 
 @functools.lru_cache(maxsize=16)

@@ -4,7 +4,8 @@
   torch formulations that run on other devices (:func:`tympan.augment.ops._vocoder_frames`,
   :func:`tympan.augment.ops._read`);
 - the two views made in two threads against the same passes made one after the other;
-- the widened row copy against ``index_copy_``.
+- the widened row copy against ``index_copy_``;
+- the CPU Gaussian noise (SplitMix64 uniforms, Box–Muller) is standard normal and seeded.
 """
 
 from __future__ import annotations
@@ -148,3 +149,42 @@ def test_copy_rows_equals_index_copy(t: int) -> None:
     torch.testing.assert_close(
         ops.copy_rows_(out.clone(), rows, wide), out.clone().index_copy_(0, rows, wide)
     )
+
+
+def test_gaussian_noise_is_standard_normal_and_seeded() -> None:
+    import numpy as np
+    from scipy import stats
+
+    cpu = torch.device("cpu")
+    z = ops.gaussian((400, 1001), torch.Generator().manual_seed(0), cpu)  # odd count: padded pair
+    assert z.shape == (400, 1001) and z.dtype == torch.float32
+    flat = z.flatten().double().numpy()
+    assert abs(flat.mean()) < 0.005 and abs(flat.var() - 1.0) < 0.01
+    assert abs(stats.skew(flat)) < 0.02 and abs(stats.kurtosis(flat)) < 0.03
+    assert stats.kstest(flat[:100_000], "norm").pvalue > 1e-3
+    # no correlation between neighbours, nor between the two halves Box-Muller pairs up
+    assert abs(float(torch.corrcoef(torch.stack([z.flatten()[:-1], z.flatten()[1:]]))[0, 1])) < 0.01
+    half = flat.size // 2
+    assert abs(np.corrcoef(flat[:half], flat[half : 2 * half])[0, 1]) < 0.01
+    # seeded by the generator: same seed, same noise; another seed, other noise
+    assert torch.equal(z, ops.gaussian((400, 1001), torch.Generator().manual_seed(0), cpu))
+    assert not torch.equal(z, ops.gaussian((400, 1001), torch.Generator().manual_seed(1), cpu))
+    # complex: variance 1, half in each part, as torch.randn draws it
+    c = ops.gaussian((300, 1000), torch.Generator().manual_seed(2), cpu, complex_=True)
+    assert c.dtype == torch.complex64 and c.shape == (300, 1000)
+    assert abs(float(c.real.var()) - 0.5) < 0.01 and abs(float(c.imag.var()) - 0.5) < 0.01
+    assert abs(float(torch.corrcoef(torch.stack([c.real.flatten(), c.imag.flatten()]))[0, 1])) < 0.01
+
+
+def test_uniform_stream_lies_in_the_open_unit_interval() -> None:
+    import numpy as np
+
+    from tympan.augment.kernels import uniform_open
+
+    u = np.empty(1_000_000, dtype=np.float32)
+    uniform_open(np.uint64(12345), u)
+    assert u.min() > 0.0 and u.max() <= 1.0
+    assert abs(u.mean() - 0.5) < 0.002 and abs(u.var() - 1 / 12) < 0.002
+    # the 24-bit values fill the interval evenly: a chi-square over 64 cells
+    counts = np.bincount(np.minimum((u * 64).astype(int), 63), minlength=64)
+    assert ((counts - counts.mean()) ** 2 / counts.mean()).sum() < 120

@@ -164,9 +164,8 @@ class ViewPipeline:
         ``g``, run at once in two threads when torch has two or more, each with half of torch's
         intra-op threads.
 
-        Much of a pass is serial: the noise draws (torch's CPU generator is a sequential
-        Mersenne Twister), the vocoder loop (:mod:`tympan.augment.kernels`) and the Python
-        between ops. One pass over both views with parallel ops leaves cores idle through all
+        Much of a pass is serial: the noise draws, the compiled loops
+        (:mod:`tympan.augment.kernels`) and the Python between ops. One pass over both views with parallel ops leaves cores idle through all
         of that; two independent passes at once keep them busy (``benchmarks/augment_views.py``:
         0.076 s instead of 0.13 s on 2 cores). The views depend only on ``g``, not on which
         pass finishes first, and are the same with one torch thread as with two (with more,

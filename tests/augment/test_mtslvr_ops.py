@@ -70,6 +70,12 @@ def test_pitch_shift_moves_the_dominant_frequency_by_two_to_the_n_over_12() -> N
     assert measured[1] == pytest.approx(220.0, rel=0.02)
 
 
+def test_empty_batches_pass_through() -> None:
+    empty = torch.zeros(0, 800)
+    assert pitch_shift(empty, torch.zeros(0)).shape == (0, 800)
+    assert time_stretch(empty, torch.ones(0)).shape == (0, 800)
+
+
 def test_pitch_shift_up_does_not_alias() -> None:
     # a 7 kHz tone an octave up lies above Nyquist (8 kHz): it must vanish, not fold to 2 kHz
     x = _tone(7000.0, SR, b=1)

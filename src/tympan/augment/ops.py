@@ -309,6 +309,8 @@ def phase_vocoder(
     from :func:`_vocoder_frames`. Shapes: ``x [B, T]``, ``rate [B]``.
     """
     n_out = x.shape[1] if length is None else length
+    if x.shape[0] == 0:  # MKL's FFT rejects an empty batch
+        return x.new_zeros(0, n_out)
     spec = _stft(x)  # [B, K, F]
     n_bins = spec.shape[2]
     lo, w_lo, w_hi = _frame_map(rate.to(torch.float64), spec.shape[1], _n_frames(n_out), x.dtype)
@@ -393,6 +395,8 @@ def pitch_shift(x: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
     end are silent). Shapes: ``x [B, T]``, ``semitones [B]``.
     """
     t = x.shape[1]
+    if x.shape[0] == 0:
+        return x.clone()
     s = torch.exp2(semitones.to(torch.float64) / 12.0)
     up = torch.nonzero(s > 1.0, as_tuple=True)[0]
     rest = torch.nonzero(s <= 1.0, as_tuple=True)[0]  # s = 1: the stretch at rate 1 alone

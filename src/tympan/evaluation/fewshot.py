@@ -136,10 +136,14 @@ def _newton_dual(
     onehot = F.one_hot(y, k).to(gram.dtype)  # [E, S, K]
     a = gram.new_zeros(e, s, k)
     b = gram.new_zeros(e, k)
-    eye_k = torch.eye(k, dtype=gram.dtype, device=gram.device)
-    # G (x) I_K: the penalty's Hessian for A flattened row-major as (sample, class)
-    h_reg = torch.einsum("eij,km->eikjm", gram, eye_k).reshape(e, s * k, s * k)
-    ridge = 1e-9 * torch.eye(s * k + k, dtype=gram.dtype, device=gram.device)
+    sk = s * k
+    # The Hessian is assembled in place in one buffer (no concatenations or full-size sums:
+    # building it is memory-bound, more so than the solve): [[H_aa, H_ab], [H_ab^T, H_bb]].
+    hess = gram.new_empty(e, sk + k, sk + k)
+    # the penalty's Hessian G (x) I_K, for A flattened row-major as (sample, class), lies on
+    # the entries ((i, c), (j, c)) of H_aa: the diagonal over the two class axes
+    h_aa = hess[:, :sk, :sk].view(e, s, k, s, k)
+    penalty = h_aa.diagonal(dim1=2, dim2=4)  # [E, S, S, K]
     steps = 0.5 ** torch.arange(12, dtype=gram.dtype, device=gram.device)  # 1, 1/2, ... 1/2048
 
     def objective(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [..., E]
@@ -157,15 +161,14 @@ def _newton_dual(
             break
         hi = C * (torch.diag_embed(p) - p.unsqueeze(3) * p.unsqueeze(2))  # [E, S, K, K]
         gh = torch.einsum("eij,eikm->ejkm", gram, hi)  # [E, S, K, K]: sum_i G_ij H_i
-        h_aa = torch.einsum("eij,eil,eikm->ejklm", gram, gram, hi).reshape(e, s * k, s * k)
-        h_aa = h_aa + h_reg
-        h_ab = gh.reshape(e, s * k, k)
-        h_bb = hi.sum(1)
-        hess = torch.cat(
-            [torch.cat([h_aa, h_ab], 2), torch.cat([h_ab.transpose(1, 2), h_bb], 2)], 1
-        )
+        h_aa.copy_(torch.einsum("eij,eil,eikm->ejklm", gram, gram, hi))  # no reshape copy
+        penalty += gram.unsqueeze(3)
+        hess[:, :sk, sk:] = gh.reshape(e, sk, k)
+        hess[:, sk:, :sk] = gh.reshape(e, sk, k).transpose(1, 2)
+        hess[:, sk:, sk:] = hi.sum(1)
         # ridge: b + c*1 leaves the objective unchanged, so the Hessian is singular along it
-        delta = torch.linalg.solve(hess + ridge, grad.unsqueeze(2)).squeeze(2)
+        hess.diagonal(dim1=1, dim2=2).add_(1e-9)
+        delta = torch.linalg.solve(hess, grad.unsqueeze(2)).squeeze(2)
         da, db = delta[:, : s * k].reshape(e, s, k), delta[:, s * k :]
         # batched Armijo backtracking: every candidate step for every episode in one call
         cand = objective(

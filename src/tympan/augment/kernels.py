@@ -1,5 +1,6 @@
-"""Compiled CPU loops for the phase vocoder (:func:`tympan.augment.ops.phase_vocoder`) and the
-resampling read of pitch shift (:func:`tympan.augment.ops._read`).
+"""Compiled CPU loops for the phase vocoder (:func:`tympan.augment.ops.phase_vocoder`), the
+resampling read of pitch shift (:func:`tympan.augment.ops._read`) and the uniform stream behind
+the Gaussian noise (:func:`tympan.augment.ops.gaussian`).
 
 The vocoder's torch formulation (:func:`tympan.augment.ops._vocoder_frames`) is a dozen passes
 over the spectrum (magnitudes, unit phasors, phase steps, two gathers, a cumulative product, two
@@ -78,9 +79,7 @@ def vocoder_frames(z, lo, w_lo, w_hi, keep, out):  # pragma: no cover - compiled
     n_clips, n_frames, width = z.shape
     n_out = lo.shape[1]
     n_bins = width // 2
-    buf = np.empty((14, n_bins), dtype=np.float32)
-    step_a = np.empty(n_bins, dtype=np.float32)
-    step_h = np.empty(n_bins, dtype=np.float32)
+    buf = np.empty((16, n_bins), dtype=np.float32)
     for b in range(n_clips):
         kb = keep[b]
         ph_re, ph_im = buf[0, :kb], buf[1, :kb]  # running unit phasor per bin
@@ -88,7 +87,7 @@ def vocoder_frames(z, lo, w_lo, w_hi, keep, out):  # pragma: no cover - compiled
         mag_a, mag_h = buf[6, :kb], buf[7, :kb]  # their |S|
         st_re, st_im = buf[8, :kb], buf[9, :kb]  # phase step m -> m + 1
         mr, mi, nr, ni = buf[10, :kb], buf[11, :kb], buf[12, :kb], buf[13, :kb]
-        sa, sh = step_a[:kb], step_h[:kb]  # |S| of frames m, m + 1 past the last step
+        sa, sh = buf[14, :kb], buf[15, :kb]  # |S| of frames m, m + 1 past the last step
         _load(z[b, 0], ar, ai)
         _magnitude(ar, ai, mag_a)
         for f in range(kb):

@@ -104,12 +104,8 @@ class ViewPipeline:
         for j, idx, fresh in rounds:
             op = self.ops[j]
             params = op.sample(idx.numel(), x.shape[1], g, x.device)
-            if fresh is None:  # every clip's first op
-                src = x.index_select(0, idx)
-            elif fresh.numel() == 0:
-                src = out.index_select(0, idx)
-            else:
-                src = out.index_select(0, idx)
+            src = (x if fresh is None else out).index_select(0, idx)  # None: all first ops
+            if fresh is not None and fresh.numel():  # the clips taking their first op
                 copy_rows_(src, fresh, x.index_select(0, idx.index_select(0, fresh)))
             copy_rows_(out, idx, op.apply(src, params))
         return out
@@ -165,9 +161,10 @@ class ViewPipeline:
         intra-op threads.
 
         Much of a pass is serial: the noise draws, the compiled loops
-        (:mod:`tympan.augment.kernels`) and the Python between ops. One pass over both views with parallel ops leaves cores idle through all
-        of that; two independent passes at once keep them busy (``benchmarks/augment_views.py``:
-        0.076 s instead of 0.13 s on 2 cores). The views depend only on ``g``, not on which
+        (:mod:`tympan.augment.kernels`) and the Python between ops. One pass over both views
+        with parallel ops leaves cores idle through all of that; two independent passes at once
+        keep them busy (``docs/benchmarks.md``, MT-SLVR section). The views depend only on ``g``,
+        not on which
         pass finishes first, and are the same with one torch thread as with two (with more,
         torch's parallel reductions may round differently, as anywhere in torch).
         """

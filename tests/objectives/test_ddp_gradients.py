@@ -95,6 +95,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         ddp = nn.parallel.DistributedDataParallel(model)
         result = _gradients(ddp, teacher, x1[rows], x2[rows], center0)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        # both ranks done before either tears gloo down: without it one rank now and then
+        # aborted in teardown ("terminate called without an active exception", 2 runs in 20)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -120,9 +120,9 @@ class ViewPipeline:
         work (the sum over them of the square of their remaining op count): about 27 rounds for
         64 clips with the seed's 1 to 7 of 7 ops, where one call per (position, op) pair takes
         about 46. Fewer, larger calls mean fewer torch calls, each of which releases and retakes
-        the GIL: with the two views in two threads on the CPU, 64 one-second clips take 12% less
-        time; 64 three-second clips, whose ops are long enough to hide the calls, about 2% less
-        (old against new in one process, ``docs/benchmarks.md``).
+        the GIL: with the two views in two threads on the CPU, 64 one-second clips take 12–18%
+        less time; 64 three-second clips, whose ops are long enough to hide the calls, about 2%
+        less (old against new in one process, ``docs/benchmarks.md``).
         """
         host = order.cpu().numpy()
         b = host.shape[0]
